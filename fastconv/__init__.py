@@ -1,0 +1,16 @@
+"""fastconv: a fast, readable CNN core for Python (numba kernels, PyTorch names)."""
+
+from fastconv import functional
+from fastconv._gradcheck import GradcheckError, gradcheck
+from fastconv._threads import get_num_threads, set_num_threads, threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "gradcheck",
+    "GradcheckError",
+    "get_num_threads",
+    "set_num_threads",
+    "threads",
+]

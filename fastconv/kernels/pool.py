@@ -1,0 +1,140 @@
+"""Pooling kernels. Every loop runs over (n, c) planes, which each iteration owns.
+
+Arrays come in as (P, H, W) with P = N*C planes (a free reshape of NCHW), so one ``prange``
+covers the whole batch. Window of output (oh, ow): rows ``oh*sh - ph + i*dh`` for i < KH.
+"""
+
+import numpy as np
+from numba import prange
+
+from fastconv._config import jit, pjit
+
+
+@jit
+def _taps_inside(start, size, dilation, k):
+    """[lo, hi): the taps t < k whose position ``start + t*dilation`` lies in [0, size)."""
+    lo = 0
+    if start < 0:
+        lo = (-start + dilation - 1) // dilation
+    hi = 0 if start >= size else min(k, (size - 1 - start) // dilation + 1)
+    return lo, max(lo, hi)
+
+
+@pjit
+def _maxpool2d_fwd(x, KH, KW, sh, sw, ph, pw, dh, dw, y, idx):
+    """y = window max, idx = its flat index ``ih*W + iw`` in the plane.
+
+    Same rule as PyTorch: start from the first tap inside the input with value -inf, take a value
+    if it is greater or NaN (so NaN propagates and the last NaN's index wins).
+    """
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            i_lo, i_hi = _taps_inside(h0, H, dh, KH)
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                j_lo, j_hi = _taps_inside(w0, W, dw, KW)
+                best = -np.inf
+                best_at = (h0 + i_lo * dh) * W + w0 + j_lo * dw
+                for i in range(i_lo, i_hi):
+                    ih = h0 + i * dh
+                    for j in range(j_lo, j_hi):
+                        v = plane[ih, w0 + j * dw]
+                        if v > best or np.isnan(v):
+                            best = v
+                            best_at = ih * W + w0 + j * dw
+                y[p, oh, ow] = best
+                idx[p, oh, ow] = best_at
+
+
+@pjit
+def _maxpool2d_bwd(gy, idx, gx):
+    """gx[p, idx] += gy[p]: the gradient goes to each window's argmax (windows may overlap)."""
+    P, L = gy.shape
+    for p in prange(P):
+        gx[p, :] = 0
+        for l in range(L):
+            gx[p, idx[p, l]] += gy[p, l]
+
+
+@jit
+def _avg_window(o, stride, pad, k, size, count_include_pad):
+    """Clipped [start, end) of an average-pool window and its divisor, as PyTorch computes them."""
+    start = o * stride - pad
+    end = min(start + k, size + pad)
+    padded_len = end - start  # counts the padding, but not past the padded input
+    start, end = max(start, 0), min(end, size)
+    return start, end, padded_len if count_include_pad else end - start
+
+
+@pjit
+def _avgpool2d_fwd(x, KH, KW, sh, sw, ph, pw, count_include_pad, y):
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for p in prange(P):
+        for oh in range(OH):
+            h0, h1, dh_ = _avg_window(oh, sh, ph, KH, H, count_include_pad)
+            for ow in range(OW):
+                w0, w1, dw_ = _avg_window(ow, sw, pw, KW, W, count_include_pad)
+                acc = 0.0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        acc += x[p, ih, iw]
+                y[p, oh, ow] = acc / (dh_ * dw_)
+
+
+@pjit
+def _avgpool2d_bwd(gy, KH, KW, sh, sw, ph, pw, count_include_pad, gx):
+    P, H, W = gx.shape
+    OH, OW = gy.shape[1], gy.shape[2]
+    for p in prange(P):
+        gx[p, :, :] = 0
+        for oh in range(OH):
+            h0, h1, dh_ = _avg_window(oh, sh, ph, KH, H, count_include_pad)
+            for ow in range(OW):
+                w0, w1, dw_ = _avg_window(ow, sw, pw, KW, W, count_include_pad)
+                g = gy[p, oh, ow] / (dh_ * dw_)
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        gx[p, ih, iw] += g
+
+
+@jit
+def _adaptive_window(o, out_size, in_size):
+    """[floor(o*in/out), ceil((o+1)*in/out)): PyTorch's adaptive pooling window."""
+    return (o * in_size) // out_size, -((-(o + 1) * in_size) // out_size)
+
+
+@pjit
+def _adaptive_avgpool2d_fwd(x, y):
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for p in prange(P):
+        for oh in range(OH):
+            h0, h1 = _adaptive_window(oh, OH, H)
+            for ow in range(OW):
+                w0, w1 = _adaptive_window(ow, OW, W)
+                acc = 0.0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        acc += x[p, ih, iw]
+                y[p, oh, ow] = acc / ((h1 - h0) * (w1 - w0))
+
+
+@pjit
+def _adaptive_avgpool2d_bwd(gy, gx):
+    P, H, W = gx.shape
+    OH, OW = gy.shape[1], gy.shape[2]
+    for p in prange(P):
+        gx[p, :, :] = 0
+        for oh in range(OH):
+            h0, h1 = _adaptive_window(oh, OH, H)
+            for ow in range(OW):
+                w0, w1 = _adaptive_window(ow, OW, W)
+                g = gy[p, oh, ow] / ((h1 - h0) * (w1 - w0))
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        gx[p, ih, iw] += g
