@@ -8,6 +8,7 @@ are supported and outputs keep the input dtype.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -197,7 +198,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     w2 = weight.reshape(O, Cg * KH * KW)
     grad_w[...] = _grouped_matmul(g, cols, groups, transpose_b=True).reshape(grad_w.shape)
     grad_cols = _grouped_matmul(w2, g, groups, transpose_a=True)
-    kconv._col2im(grad_cols.reshape(-1, N, L), KH, KW, *stride, *before, *dilation, *out_hw,
+    kconv._col2im(grad_cols.reshape(Cg * groups * KH * KW, N, L), KH, KW, *stride, *before, *dilation, *out_hw,
                   grad_x)
     return grad_x, grad_w, g.sum(axis=1)
 
@@ -346,7 +347,8 @@ def max_pool2d_backward(grad_out, indices, input_shape):
         raise ValueError(f"indices must lie in [0, {plane}) for input_shape {shape}")
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     P = shape[0] * shape[1]
-    kpool._maxpool2d_bwd(grad_out.reshape(P, -1), np.ascontiguousarray(indices).reshape(P, -1),
+    L = grad_out.shape[2] * grad_out.shape[3]
+    kpool._maxpool2d_bwd(grad_out.reshape(P, L), np.ascontiguousarray(indices).reshape(P, L),
                          grad_x.reshape(P, plane))
     return grad_x
 
@@ -492,6 +494,11 @@ def tanh_backward(grad_out, x):
 # =============================================================================================
 
 
+def _as_ncs(x):
+    """(N, C, *spatial) -> (N, C, S) view, S the product of the spatial sizes (1 if none)."""
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+
+
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum=0.1, eps=1e-5):
     """Batch normalisation over (N, C), (N, C, L) or (N, C, H, W) inputs, per channel C.
 
@@ -525,7 +532,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum=0.
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")
 
-    x3 = x.reshape(x.shape[0], C, -1)
+    x3 = _as_ncs(x)
     count = x3.shape[0] * x3.shape[2]
     w = np.ones(C, x.dtype) if weight is None else np.ascontiguousarray(weight)
     b = np.zeros(C, x.dtype) if bias is None else np.ascontiguousarray(bias)
@@ -561,7 +568,7 @@ def batch_norm_backward(grad_out, cache):
     if grad_out.shape != x.shape:
         raise ValueError(f"grad_out must have the input's shape {x.shape}, got {grad_out.shape}")
     C = x.shape[1]
-    x3 = x.reshape(x.shape[0], C, -1)
+    x3 = _as_ncs(x)
     g3 = grad_out.reshape(x3.shape)
     sum_gy = np.empty(C, np.float64)
     sum_gy_xmu = np.empty(C, np.float64)

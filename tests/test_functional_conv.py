@@ -1,0 +1,146 @@
+"""conv2d, conv2d_backward, im2col and col2im against the reference loops and PyTorch."""
+
+import numpy as np
+import pytest
+from conftest import assert_close32, assert_close64
+
+import fastconv
+import fastconv.functional as F
+import fastconv.reference as R
+
+# (N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups)
+CONV_CASES = {
+    "1ch_k3_p1": (2, 1, 7, 9, 3, 3, 1, 1, 1, 1),
+    "seed_k5_s2": (3, 1, 12, 12, 4, 5, 2, 0, 1, 1),
+    "many_ch_k3": (2, 12, 6, 5, 5, 3, 1, 1, 1, 1),
+    "asym_stride_pad_dil": (2, 4, 9, 8, 6, 3, (2, 1), (1, 0), (2, 1), 2),
+    "nonsquare_kernel": (2, 6, 7, 10, 4, (2, 4), (1, 3), (0, 2), 1, 1),
+    "depthwise_same": (2, 8, 6, 7, 8, 3, 1, "same", 1, 8),
+    "even_kernel_same_dil": (2, 6, 8, 8, 4, (2, 4), 1, "same", (1, 2), 2),
+    "valid": (2, 3, 6, 6, 2, 3, 1, "valid", 1, 1),
+    "kernel_equals_input": (3, 5, 5, 5, 4, 5, 1, 0, 1, 1),
+    "kernel_equals_padded_input": (2, 3, 3, 4, 2, (5, 6), 1, 1, 1, 1),
+    "1x1": (2, 16, 5, 6, 7, 1, 1, 0, 1, 1),
+    "1x1_stride2": (2, 6, 7, 6, 5, 1, 2, 0, 1, 1),
+    "stride_gt_kernel": (2, 3, 11, 9, 2, 2, 3, 1, 1, 1),
+    "groups_channel_multiplier": (2, 4, 6, 6, 8, 3, 1, 1, 1, 4),
+    "batch_0": (0, 3, 6, 6, 4, 3, 1, 1, 1, 1),
+}
+
+# Each case runs through both algorithms by moving the dispatch threshold.
+PATHS = {"direct": 10**9, "gemm": -1}
+
+
+@pytest.fixture(params=list(PATHS), ids=list(PATHS))
+def conv_path(request, monkeypatch):
+    monkeypatch.setattr(F, "_DIRECT_MAX_ROWS", PATHS[request.param])
+    return request.param
+
+
+def _conv_inputs(rng, case, dtype):
+    N, C, H, W, O, k, s, p, d, g = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((O, C // g, kh, kw)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    return x, w, b, dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES.values()), ids=list(CONV_CASES))
+def test_conv2d_matches_reference_float64(rng, case, conv_path):
+    x, w, b, kw = _conv_inputs(rng, case, np.float64)
+    y = F.conv2d(x, w, b, **kw)
+    assert y.dtype == np.float64
+    assert_close64(y, R.conv2d(x, w, b, **kw))
+    go = rng.standard_normal(y.shape)
+    for got, want in zip(F.conv2d_backward(go, x, w, **kw), R.conv2d_backward(go, x, w, **kw)):
+        assert got.shape == want.shape
+        assert_close64(got, want)
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES.values()), ids=list(CONV_CASES))
+def test_conv2d_matches_torch_float32(rng, case, conv_path):
+    torch = pytest.importorskip("torch")
+    x, w, b, kw = _conv_inputs(rng, case, np.float32)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.conv2d(xt, wt, bt, **kw)
+    y = F.conv2d(x, w, b, **kw)
+    assert y.dtype == np.float32
+    assert_close32(y, yt)
+    go = rng.standard_normal(y.shape).astype(np.float32)
+    yt.backward(torch.tensor(go))
+    gx, gw, gb = F.conv2d_backward(go, x, w, **kw)
+    assert gx.dtype == gw.dtype == gb.dtype == np.float32
+    assert_close32(gx, xt.grad)
+    assert_close32(gw, wt.grad)
+    assert_close32(gb, bt.grad)
+
+
+def test_conv2d_without_bias_and_noncontiguous_input(rng, conv_path):
+    x = rng.standard_normal((2, 9, 8, 3)).transpose(0, 3, 1, 2)  # (2, 3, 9, 8), not contiguous
+    w = rng.standard_normal((4, 3, 3, 3))
+    x_before = x.copy()
+    assert_close64(F.conv2d(x, w, padding=1), R.conv2d(np.ascontiguousarray(x), w, padding=1))
+    np.testing.assert_array_equal(x, x_before)
+
+
+def test_conv2d_backward_same_at_1_and_2_threads(rng):
+    x = rng.standard_normal((8, 16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    x1 = rng.standard_normal((8, 1, 12, 12)).astype(np.float32)
+    w1 = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
+    go = rng.standard_normal((8, 24, 12, 12)).astype(np.float32)
+    for xx, ww in ((x, w), (x1, w1)):  # the GEMM path and the direct path
+        with fastconv.threads(1):
+            one = F.conv2d_backward(go, xx, ww, padding=1)
+        with fastconv.threads(2):
+            two = F.conv2d_backward(go, xx, ww, padding=1)
+        for a, b in zip(one, two):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_gradcheck(rng, conv_path):
+    x = rng.standard_normal((2, 4, 5, 6))
+    w = rng.standard_normal((6, 2, 3, 2))
+    b = rng.standard_normal(6)
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+
+    def fn(x, w, b):
+        return F.conv2d(x, w, b, **kw), lambda g: F.conv2d_backward(g, x, w, **kw)
+
+    assert fastconv.gradcheck(fn, [x, w, b])
+
+
+# (N, C, H, W, kernel, stride, padding, dilation)
+UNFOLD_CASES = {
+    "k3_p1": (2, 3, 6, 7, 3, 1, 1, 1),
+    "k2x3_s2_dil": (1, 2, 9, 8, (2, 3), 2, (1, 0), (2, 1)),
+    "k1": (2, 4, 3, 5, 1, 1, 0, 1),
+    "kernel_equals_input": (2, 2, 4, 4, 4, 1, 0, 1),
+    "batch_0": (0, 2, 5, 5, 3, 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(UNFOLD_CASES.values()), ids=list(UNFOLD_CASES))
+def test_im2col_col2im(rng, case):
+    N, C, H, W, k, s, p, d = case
+    x = rng.standard_normal((N, C, H, W))
+    cols = F.im2col(x, k, s, p, d)
+    assert_close64(cols, R.im2col(x, k, s, p, d))
+    back = F.col2im(cols, x.shape, k, s, p, d)
+    assert_close64(back, R.col2im(cols, x.shape, k, s, p, d))
+    torch = pytest.importorskip("torch")
+    nn_f = torch.nn.functional
+    x32 = x.astype(np.float32)
+    want = nn_f.unfold(torch.tensor(x32), k, dilation=d, padding=p, stride=s)
+    assert_close32(F.im2col(x32, k, s, p, d), want)
+    want = nn_f.fold(want, (H, W), k, dilation=d, padding=p, stride=s)
+    assert_close32(F.col2im(F.im2col(x32, k, s, p, d), x.shape, k, s, p, d), want)
+
+
+def test_col2im_is_adjoint_of_im2col(rng):
+    """<im2col(x), c> == <x, col2im(c)> for any x, c: the backward of one is the other."""
+    x = rng.standard_normal((2, 3, 7, 6))
+    cols = F.im2col(x, 3, 2, 1, 1)
+    c = rng.standard_normal(cols.shape)
+    np.testing.assert_allclose(np.sum(cols * c), np.sum(x * F.col2im(c, x.shape, 3, 2, 1, 1)))

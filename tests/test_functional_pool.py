@@ -1,0 +1,152 @@
+"""Max, average and adaptive pooling against the reference loops and PyTorch."""
+
+import numpy as np
+import pytest
+from conftest import assert_close32, assert_close64
+
+import fastconv
+import fastconv.functional as F
+import fastconv.reference as R
+
+# (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
+POOL_CASES = {
+    "k2_s2": (2, 3, 8, 8, 2, None, 0, 1, False),
+    "odd_input_k2": (2, 2, 7, 9, 2, 2, 0, 1, False),
+    "odd_input_k2_ceil": (2, 2, 7, 9, 2, 2, 0, 1, True),
+    "overlap_k3_s2_p1": (2, 3, 9, 10, 3, 2, 1, 1, False),
+    "ceil_window_starts_in_padding": (1, 2, 6, 6, 3, 2, 1, 1, True),
+    "ceil_last_window_dropped": (1, 2, 5, 5, 2, 2, 1, 1, True),
+    "asym": (2, 2, 9, 11, (3, 2), (2, 1), (1, 0), 1, True),
+    "dilation": (2, 2, 11, 10, 3, (2, 3), 1, (2, 1), True),
+    "kernel_equals_input": (2, 3, 5, 5, 5, 1, 0, 1, False),
+    "stride_gt_kernel": (2, 2, 11, 11, 2, 3, 1, 1, True),
+    "batch_0": (0, 3, 6, 6, 2, 2, 0, 1, False),
+}
+
+
+def _perm_input(rng, shape, dtype):
+    """Distinct values (a permutation), so the argmax is unique and indices are comparable."""
+    size = int(np.prod(shape))
+    return (rng.permutation(size).reshape(shape) - size / 2).astype(dtype)
+
+
+@pytest.mark.parametrize("case", list(POOL_CASES.values()), ids=list(POOL_CASES))
+def test_max_pool2d(rng, case):
+    N, C, H, W, k, s, p, d, ceil = case
+    x = _perm_input(rng, (N, C, H, W), np.float64)
+    y, idx = F.max_pool2d(x, k, s, p, d, ceil)
+    y_ref, idx_ref = R.max_pool2d(x, k, s, p, d, ceil)
+    assert idx.dtype == np.int64
+    assert_close64(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    go = rng.standard_normal(y.shape)
+    assert_close64(F.max_pool2d_backward(go, idx, x.shape),
+                   R.max_pool2d_backward(go, idx, x.shape))
+
+    torch = pytest.importorskip("torch")
+    x32 = x.astype(np.float32)
+    xt = torch.tensor(x32, requires_grad=True)
+    yt, it = torch.nn.functional.max_pool2d(xt, k, s if s is not None else k, p, d, ceil,
+                                            return_indices=True)
+    y32, idx32 = F.max_pool2d(x32, k, s, p, d, ceil)
+    assert_close32(y32, yt)
+    np.testing.assert_array_equal(idx32, it.numpy())
+    yt.backward(torch.tensor(go.astype(np.float32)))
+    assert_close32(F.max_pool2d_backward(go.astype(np.float32), idx32, x.shape), xt.grad)
+
+
+def test_max_pool2d_nan_and_inf_propagate_like_torch():
+    torch = pytest.importorskip("torch")
+    x = np.arange(2 * 6 * 6, dtype=np.float32).reshape(1, 2, 6, 6)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 0, 4, 4] = np.nan
+    x[0, 0, 4, 5] = np.nan  # two NaNs in one window: PyTorch keeps the last
+    x[0, 1, :3, :3] = -np.inf  # a window of only -inf
+    y, idx = F.max_pool2d(x, 3, 3, 0, 1, False)
+    yt, it = torch.nn.functional.max_pool2d(torch.tensor(x), 3, return_indices=True)
+    np.testing.assert_array_equal(y, yt.numpy())  # assert_array_equal treats NaN == NaN
+    np.testing.assert_array_equal(idx, it.numpy())
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y[0, 0, 1, 1]) and y[0, 1, 0, 0] == -np.inf
+
+
+# (N, C, H, W, kernel, stride, padding, ceil_mode)
+AVG_CASES = {
+    "k2_s2": (2, 3, 8, 8, 2, None, 0, False),
+    "k3_s2_p1": (2, 2, 9, 10, 3, 2, 1, False),
+    "ceil_window_in_padding": (1, 2, 6, 6, 3, 2, 1, True),
+    "ceil_window_past_padding": (1, 2, 5, 7, 3, 2, 1, True),
+    "asym": (2, 2, 9, 11, (3, 2), (2, 1), (1, 0), True),
+    "kernel_equals_input": (2, 3, 5, 4, (5, 4), 1, 0, False),
+    "batch_0": (0, 3, 6, 6, 2, 2, 0, False),
+}
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False], ids=["include_pad", "exclude_pad"])
+@pytest.mark.parametrize("case", list(AVG_CASES.values()), ids=list(AVG_CASES))
+def test_avg_pool2d(rng, case, count_include_pad):
+    N, C, H, W, k, s, p, ceil = case
+    x = rng.standard_normal((N, C, H, W))
+    args = (k, s, p, ceil, count_include_pad)
+    y = F.avg_pool2d(x, *args)
+    assert_close64(y, R.avg_pool2d(x, *args))
+    go = rng.standard_normal(y.shape)
+    assert_close64(F.avg_pool2d_backward(go, x.shape, *args),
+                   R.avg_pool2d_backward(go, x.shape, *args))
+
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x.astype(np.float32), requires_grad=True)
+    yt = torch.nn.functional.avg_pool2d(xt, k, s if s is not None else k, p, ceil,
+                                        count_include_pad)
+    assert_close32(F.avg_pool2d(x.astype(np.float32), *args), yt)
+    yt.backward(torch.tensor(go.astype(np.float32)))
+    assert_close32(F.avg_pool2d_backward(go.astype(np.float32), x.shape, *args), xt.grad)
+
+
+@pytest.mark.parametrize(
+    "shape,out", [((2, 3, 7, 9), (3, 4)), ((1, 2, 6, 6), 1), ((2, 2, 5, 5), 5), ((1, 1, 3, 4), 7),
+                  ((0, 2, 4, 4), 2)],
+    ids=["uneven", "global", "identity", "upsample", "batch_0"],
+)
+def test_adaptive_avg_pool2d(rng, shape, out):
+    x = rng.standard_normal(shape)
+    y = F.adaptive_avg_pool2d(x, out)
+    assert_close64(y, R.adaptive_avg_pool2d(x, out))
+    go = rng.standard_normal(y.shape)
+    assert_close64(F.adaptive_avg_pool2d_backward(go, shape),
+                   R.adaptive_avg_pool2d_backward(go, shape))
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.adaptive_avg_pool2d(xt, out)
+    yt.backward(torch.tensor(go))
+    assert_close64(y, yt)
+    assert_close64(F.adaptive_avg_pool2d_backward(go, shape), xt.grad)
+
+
+def test_pooling_gradcheck(rng):
+    x = rng.permutation(2 * 2 * 7 * 6).reshape(2, 2, 7, 6) / 10.0  # well separated maxima
+
+    def maxpool(x):
+        y, idx = F.max_pool2d(x, 3, 2, 1, 1, True)
+        return y, lambda g: (F.max_pool2d_backward(g, idx, x.shape),)
+
+    def avgpool(x):
+        args = ((3, 2), (2, 1), (1, 0), True, False)
+        return F.avg_pool2d(x, *args), lambda g: (F.avg_pool2d_backward(g, x.shape, *args),)
+
+    def adaptive(x):
+        return (F.adaptive_avg_pool2d(x, (3, 4)),
+                lambda g: (F.adaptive_avg_pool2d_backward(g, x.shape),))
+
+    for fn in (maxpool, avgpool, adaptive):
+        assert fastconv.gradcheck(fn, [x], eps=1e-4)
+
+
+def test_max_pool2d_backward_same_at_1_and_2_threads(rng):
+    x = _perm_input(rng, (4, 6, 12, 12), np.float32)
+    y, idx = F.max_pool2d(x, 3, 2, 1)
+    go = rng.standard_normal(y.shape).astype(np.float32)
+    with fastconv.threads(1):
+        one = F.max_pool2d_backward(go, idx, x.shape)
+    with fastconv.threads(2):
+        two = F.max_pool2d_backward(go, idx, x.shape)
+    np.testing.assert_array_equal(one, two)
