@@ -294,6 +294,18 @@ def _pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode):
             f"kernel_size {kernel} (dilation {dilation}) is larger than the padded input "
             f"{H + 2 * padding[0]}x{W + 2 * padding[1]}: output size would be {out}"
         )
+    for size, k, s, p, d in zip((H, W), kernel, stride, padding, dilation):
+        # Only windows that start in the padding can miss the input (a dilated kernel can step
+        # over it); PyTorch returns garbage indices for them, we refuse.
+        for o in range(out[0] if size == H else out[1]):
+            start = o * s - p
+            if start >= 0:
+                break
+            if not any(0 <= start + t * d < size for t in range(k)):
+                raise ValueError(
+                    f"padding {padding} with dilation {dilation}: a pooling window lies "
+                    f"entirely in the padding for input size {H}x{W}"
+                )
     return kernel, stride, padding, dilation, out
 
 
@@ -456,7 +468,7 @@ def relu(x):
 
 def relu_backward(grad_out, x):
     x, grad_out = _check_pair(x, grad_out)
-    return grad_out * (x > 0)
+    return np.where(x <= 0, 0, grad_out)  # as PyTorch: the gradient passes where x is NaN
 
 
 def leaky_relu(x, negative_slope=0.01):

@@ -53,8 +53,11 @@ def test_activations(rng, name):
     assert_close64(bwd(go, x), xt.grad)
 
 
-def test_relu_propagates_nan():
-    assert np.isnan(F.relu(np.array([np.nan, -1.0]))[0])
+def test_relu_propagates_nan_like_torch():
+    x = np.array([np.nan, -1.0, 0.0, 2.0])
+    assert np.isnan(F.relu(x)[0])
+    # PyTorch zeroes the gradient where x <= 0, so it passes through at NaN
+    np.testing.assert_array_equal(F.relu_backward(np.ones(4), x), [1.0, 0.0, 0.0, 1.0])
 
 
 @pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (4, 3, 5, 6), (2, 1, 1, 1)],
