@@ -69,8 +69,9 @@ def pair(name, value, minimum=None):
     elif (
         isinstance(value, (tuple, list))
         and len(value) == 2
-        and all(isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool)
-                for v in value)
+        and all(
+            isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool) for v in value
+        )
     ):
         result = (int(value[0]), int(value[1]))
     else:

@@ -43,13 +43,12 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
     def objective():
         return float(np.sum(np.asarray(fn(*inputs)[0], dtype=np.float64) * grad_out))
 
-    for k, (x, grad) in enumerate(zip(inputs, analytic)):
+    for k, (x, grad) in enumerate(zip(inputs, analytic, strict=True)):
         if grad is None or not isinstance(x, np.ndarray) or x.dtype.kind != "f":
             continue
         grad = np.asarray(grad, dtype=np.float64)
         if grad.shape != x.shape:
-            raise GradcheckError(f"input {k}: gradient shape {grad.shape} != input shape "
-                                 f"{x.shape}")
+            raise GradcheckError(f"input {k}: gradient shape {grad.shape} != input shape {x.shape}")
         flat = x.reshape(-1)  # a view: perturbing it perturbs the input fn sees
         numeric = np.empty(flat.size)
         for i in range(flat.size):

@@ -10,7 +10,12 @@ import contextlib
 import numbers
 
 import numba
-from threadpoolctl import threadpool_limits
+import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS numba's np.dot calls, so it is seen)
+from threadpoolctl import ThreadpoolController
+
+# The BLAS libraries loaded now: NumPy's and SciPy's (numba calls SciPy's from compiled code).
+# Found once; switching their thread count afterwards is a plain C call.
+_BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
 
 
 def get_num_threads():
@@ -26,7 +31,8 @@ def set_num_threads(n):
     if not 1 <= n <= limit:
         raise ValueError(f"n must be between 1 and {limit} (NUMBA_NUM_THREADS), got {n}")
     numba.set_num_threads(int(n))
-    threadpool_limits(int(n), user_api="blas")
+    for lib in _BLAS:
+        lib.set_num_threads(int(n))
 
 
 @contextlib.contextmanager
@@ -38,3 +44,16 @@ def threads(n):
         yield
     finally:
         set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run BLAS on one thread in the block: for kernels that call BLAS inside ``prange``."""
+    previous = [lib.get_num_threads() for lib in _BLAS]
+    for lib in _BLAS:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_BLAS, previous, strict=True):
+            lib.set_num_threads(n)

@@ -10,22 +10,46 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 
 import numpy as np
 from scipy.special import expit
 
 from fastconv._config import check_array, check_probability, pair
+from fastconv._threads import get_num_threads, single_threaded_blas
 from fastconv.kernels import conv as kconv
 from fastconv.kernels import norm as knorm
 from fastconv.kernels import pool as kpool
 
 __all__ = [
-    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
-    "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "linear",
-    "linear_backward", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid",
-    "sigmoid_backward", "tanh", "tanh_backward", "batch_norm", "batch_norm_backward", "dropout",
-    "dropout_backward", "softmax", "log_softmax", "cross_entropy", "cross_entropy_backward",
-    "im2col", "col2im",
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "linear",
+    "linear_backward",
+    "relu",
+    "relu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "dropout",
+    "dropout_backward",
+    "softmax",
+    "log_softmax",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "im2col",
+    "col2im",
 ]
 
 
@@ -53,15 +77,15 @@ def _window_geometry(name, x_hw, kernel, stride, padding, dilation, allow_same):
         if padding == "same" and stride != (1, 1):
             raise ValueError(f"padding='same' needs stride=1, got stride={stride}")
         if padding == "same":
-            totals = tuple(d * (k - 1) for d, k in zip(dilation, kernel))
+            totals = tuple(d * (k - 1) for d, k in zip(dilation, kernel, strict=True))
         else:
             totals = (0, 0)
         before = tuple(t // 2 for t in totals)
     else:
         before = pair("padding", padding, minimum=0)
         totals = tuple(2 * p for p in before)
-    effective = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))
-    padded = tuple(s + t for s, t in zip(x_hw, totals))
+    effective = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True))
+    padded = tuple(s + t for s, t in zip(x_hw, totals, strict=True))
     if effective[0] > padded[0] or effective[1] > padded[1]:
         raise ValueError(
             f"{name}: kernel size {kernel[0]}x{kernel[1]} (dilated {effective[0]}x{effective[1]}) "
@@ -69,7 +93,7 @@ def _window_geometry(name, x_hw, kernel, stride, padding, dilation, allow_same):
         )
     out = tuple(
         _conv_output_size(s, k, st, t, d)
-        for s, k, st, t, d in zip(x_hw, kernel, stride, totals, dilation)
+        for s, k, st, t, d in zip(x_hw, kernel, stride, totals, dilation, strict=True)
     )
     return stride, before, dilation, out
 
@@ -81,9 +105,7 @@ def _check_conv_args(x, weight, groups):
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     C, O, Cg = x.shape[1], weight.shape[0], weight.shape[1]
     if C % groups or O % groups:
-        raise ValueError(
-            f"groups={groups} must divide in_channels ({C}) and out_channels ({O})"
-        )
+        raise ValueError(f"groups={groups} must divide in_channels ({C}) and out_channels ({O})")
     if Cg * groups != C:
         raise ValueError(
             f"weight expects {Cg * groups} input channels (weight.shape[1]={Cg} x groups={groups}),"
@@ -101,14 +123,6 @@ _DIRECT_MAX_ROWS = 32
 def _use_direct(weight):
     _, Cg, KH, KW = weight.shape
     return Cg * KH * KW <= _DIRECT_MAX_ROWS
-
-
-def _im2col_rows(x, kernel, stride, before, dilation, out_hw):
-    """The (C*kH*kW, N, OH*OW) column matrix of the whole batch (see ``kernels.conv._im2col``)."""
-    N, C = x.shape[:2]
-    cols = np.empty((C * kernel[0] * kernel[1], N, out_hw[0] * out_hw[1]), dtype=x.dtype)
-    kconv._im2col(x, *kernel, *stride, *before, *dilation, *out_hw, cols)
-    return cols
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -142,23 +156,46 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if _use_direct(weight):
         kconv._conv2d_fwd_direct(x, weight, bias, *stride, *before, *dilation, groups, y)
         return y
-    cols = _im2col_rows(x, (KH, KW), stride, before, dilation, (OH, OW))
-    z = _grouped_matmul(weight.reshape(O, -1), cols.reshape(cols.shape[0], -1), groups)
-    kconv._onl_to_nol_add_bias(z.reshape(O, N, OH * OW), bias, y.reshape(N, O, OH * OW))
+    cols = _columns_workspace(x, weight, groups, OH * OW)
+    with single_threaded_blas():
+        kconv._conv2d_fwd_gemm(
+            x,
+            _grouped_weight(weight, groups),
+            bias,
+            KH,
+            KW,
+            *stride,
+            *before,
+            *dilation,
+            OH,
+            OW,
+            cols,
+            y.reshape(N, groups, O // groups, OH * OW),
+        )
     return y
 
 
-def _grouped_matmul(a, b, groups, transpose_a=False, transpose_b=False):
-    """Per group g: op(a_g) @ op(b_g), where a and b are split into ``groups`` row blocks.
+_workspaces = threading.local()
 
-    One BLAS call per group, outside any parallel loop (BLAS uses its own threads).
+
+def _columns_workspace(x, weight, groups, L):
+    """The (threads, groups, rows per group, L) im2col buffer of the GEMM path.
+
+    Reused between calls (per Python thread) instead of allocated each time: a fresh buffer
+    of several MB costs a page fault per 4 KB on first touch.
     """
-    if groups == 1:
-        return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
-    parts = []
-    for a_g, b_g in zip(np.split(a, groups), np.split(b, groups)):
-        parts.append((a_g.T if transpose_a else a_g) @ (b_g.T if transpose_b else b_g))
-    return np.concatenate(parts)
+    O, Cg, KH, KW = weight.shape
+    shape = (min(get_num_threads(), max(x.shape[0], 1)), groups, Cg * KH * KW, L)
+    cache = getattr(_workspaces, "cols", None)
+    if cache is None or cache.dtype != x.dtype or cache.size < math.prod(shape):
+        cache = _workspaces.cols = np.empty(math.prod(shape), dtype=x.dtype)
+    return cache[: math.prod(shape)].reshape(shape)
+
+
+def _grouped_weight(weight, groups):
+    """OIHW -> (groups, O/groups, C/groups*kH*kW): each group's GEMM operand, contiguous."""
+    O = weight.shape[0]
+    return weight.reshape(groups, O // groups, -1)
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1):
@@ -183,24 +220,37 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     if grad_out.shape != (N, O, *out_hw):
         raise ValueError(f"grad_out must have shape {(N, O, *out_hw)}, got {grad_out.shape}")
     grad_x = np.empty_like(x)
-    grad_w = np.empty_like(weight)
     if _use_direct(weight):
-        kconv._conv2d_bwd_input_direct(grad_out, weight, *stride, *before, *dilation, groups,
-                                       grad_x)
+        grad_w = np.empty_like(weight)
+        kconv._conv2d_bwd_input_direct(
+            grad_out, weight, *stride, *before, *dilation, groups, grad_x
+        )
         kconv._conv2d_bwd_weight_direct(x, grad_out, *stride, *before, *dilation, groups, grad_w)
         return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
     L = out_hw[0] * out_hw[1]
-    g = np.empty((O, N, L), dtype=x.dtype)
-    kconv._nol_to_onl(grad_out.reshape(N, O, L), g)
-    g = g.reshape(O, N * L)
-    cols = _im2col_rows(x, (KH, KW), stride, before, dilation, out_hw)
-    cols = cols.reshape(cols.shape[0], N * L)
-    w2 = weight.reshape(O, Cg * KH * KW)
-    grad_w[...] = _grouped_matmul(g, cols, groups, transpose_b=True).reshape(grad_w.shape)
-    grad_cols = _grouped_matmul(w2, g, groups, transpose_a=True)
-    kconv._col2im(grad_cols.reshape(Cg * groups * KH * KW, N, L), KH, KW, *stride, *before, *dilation, *out_hw,
-                  grad_x)
-    return grad_x, grad_w, g.sum(axis=1)
+    cols = _columns_workspace(x, weight, groups, L)
+    T, Og, Rg = cols.shape[0], O // groups, cols.shape[2]
+    gw_part = np.empty((T, groups, Og, Rg), dtype=x.dtype)
+    gb_part = np.empty((T, O), dtype=np.float64)
+    with single_threaded_blas():
+        kconv._conv2d_bwd_gemm(
+            x,
+            grad_out.reshape(N, groups, Og, L),
+            _grouped_weight(weight, groups),
+            KH,
+            KW,
+            *stride,
+            *before,
+            *dilation,
+            *out_hw,
+            cols,
+            gw_part,
+            np.empty((T, Og, Rg), dtype=x.dtype),
+            gb_part,
+            grad_x,
+        )
+    grad_w = gw_part.sum(axis=0).reshape(weight.shape)
+    return grad_x, grad_w, gb_part.sum(axis=0).astype(x.dtype)
 
 
 def _unfold_geometry(x_shape, kernel_size, stride, padding, dilation):
@@ -225,8 +275,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     )
     N, C = x.shape[:2]
     out = np.empty((N, C * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), dtype=x.dtype)
-    # The kernel writes (rows, N, L); give it that view of the (N, rows, L) result.
-    kconv._im2col(x, *kernel, *stride, *before, *dilation, *out_hw, out.transpose(1, 0, 2))
+    kconv._im2col(x, *kernel, *stride, *before, *dilation, *out_hw, out)
     return out
 
 
@@ -246,16 +295,20 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     N, C = shape[:2]
     expected = (N, C * kernel[0] * kernel[1], out_hw[0] * out_hw[1])
     if cols.shape != expected:
-        raise ValueError(f"cols must have shape {expected} for input_shape {shape}, "
-                         f"got {cols.shape}")
+        raise ValueError(
+            f"cols must have shape {expected} for input_shape {shape}, got {cols.shape}"
+        )
     x = np.empty(shape, dtype=cols.dtype)
-    kconv._col2im(cols.transpose(1, 0, 2), *kernel, *stride, *before, *dilation, *out_hw, x)
+    kconv._col2im(cols, *kernel, *stride, *before, *dilation, *out_hw, x)
     return x
 
 
 def _check_shape(name, shape):
-    if (not isinstance(shape, (tuple, list)) or len(shape) != 4
-            or not all(isinstance(s, (numbers.Integral, np.integer)) and s >= 0 for s in shape)):
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 4
+        or not all(isinstance(s, (numbers.Integral, np.integer)) and s >= 0 for s in shape)
+    ):
         raise ValueError(f"{name} must be a tuple (N, C, H, W) of non-negative ints, got {shape!r}")
     return tuple(int(s) for s in shape)
 
@@ -294,7 +347,7 @@ def _pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode):
             f"kernel_size {kernel} (dilation {dilation}) is larger than the padded input "
             f"{H + 2 * padding[0]}x{W + 2 * padding[1]}: output size would be {out}"
         )
-    for size, k, s, p, d in zip((H, W), kernel, stride, padding, dilation):
+    for size, k, s, p, d in zip((H, W), kernel, stride, padding, dilation, strict=True):
         # Only windows that start in the padding can miss the input (a dilated kernel can step
         # over it); PyTorch returns garbage indices for them, we refuse.
         for o in range(out[0] if size == H else out[1]):
@@ -330,8 +383,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     N, C = x.shape[:2]
     y = np.empty((N, C, *out_hw), dtype=x.dtype)
     indices = np.empty((N, C, *out_hw), dtype=np.int64)
-    kpool._maxpool2d_fwd(_planes(x), *kernel, *stride, *padding, *dilation, _planes(y),
-                         _planes(indices))
+    kpool._maxpool2d_fwd(
+        _planes(x), *kernel, *stride, *padding, *dilation, _planes(y), _planes(indices)
+    )
     return y, indices
 
 
@@ -349,19 +403,24 @@ def max_pool2d_backward(grad_out, indices, input_shape):
         got = indices.dtype if isinstance(indices, np.ndarray) else type(indices).__name__
         raise TypeError(f"indices must be an int64 numpy.ndarray, got {got}")
     if indices.shape != grad_out.shape:
-        raise ValueError(f"indices must have grad_out's shape {grad_out.shape}, "
-                         f"got {indices.shape}")
+        raise ValueError(
+            f"indices must have grad_out's shape {grad_out.shape}, got {indices.shape}"
+        )
     if shape[:2] != grad_out.shape[:2]:
-        raise ValueError(f"input_shape {shape} does not match grad_out's (N, C) "
-                         f"{grad_out.shape[:2]}")
+        raise ValueError(
+            f"input_shape {shape} does not match grad_out's (N, C) {grad_out.shape[:2]}"
+        )
     plane = shape[2] * shape[3]
     if indices.size and (indices.min() < 0 or indices.max() >= plane):
         raise ValueError(f"indices must lie in [0, {plane}) for input_shape {shape}")
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     P = shape[0] * shape[1]
     L = grad_out.shape[2] * grad_out.shape[3]
-    kpool._maxpool2d_bwd(grad_out.reshape(P, L), np.ascontiguousarray(indices).reshape(P, L),
-                         grad_x.reshape(P, plane))
+    kpool._maxpool2d_bwd(
+        grad_out.reshape(P, L),
+        np.ascontiguousarray(indices).reshape(P, L),
+        grad_x.reshape(P, plane),
+    )
     return grad_x
 
 
@@ -376,13 +435,21 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         x.shape, kernel_size, stride, padding, 1, ceil_mode
     )
     y = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
-    kpool._avgpool2d_fwd(_planes(x), *kernel, *stride, *padding, bool(count_include_pad),
-                         _planes(y))
+    kpool._avgpool2d_fwd(
+        _planes(x), *kernel, *stride, *padding, bool(count_include_pad), _planes(y)
+    )
     return y
 
 
-def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True):
+def avg_pool2d_backward(
+    grad_out,
+    input_shape,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+):
     """Gradient of ``avg_pool2d`` with respect to its input, of shape ``input_shape``."""
     grad_out = check_array("grad_out", grad_out, ndim=4)
     shape = _check_shape("input_shape", input_shape)
@@ -390,11 +457,11 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
         shape, kernel_size, stride, padding, 1, ceil_mode
     )
     if grad_out.shape != (*shape[:2], *out_hw):
-        raise ValueError(f"grad_out must have shape {(*shape[:2], *out_hw)}, "
-                         f"got {grad_out.shape}")
+        raise ValueError(f"grad_out must have shape {(*shape[:2], *out_hw)}, got {grad_out.shape}")
     grad_x = np.empty(shape, dtype=grad_out.dtype)
-    kpool._avgpool2d_bwd(_planes(grad_out), *kernel, *stride, *padding, bool(count_include_pad),
-                         _planes(grad_x))
+    kpool._avgpool2d_bwd(
+        _planes(grad_out), *kernel, *stride, *padding, bool(count_include_pad), _planes(grad_x)
+    )
     return grad_x
 
 
@@ -412,8 +479,9 @@ def adaptive_avg_pool2d_backward(grad_out, input_shape):
     grad_out = check_array("grad_out", grad_out, ndim=4)
     shape = _check_shape("input_shape", input_shape)
     if shape[:2] != grad_out.shape[:2]:
-        raise ValueError(f"input_shape {shape} does not match grad_out's (N, C) "
-                         f"{grad_out.shape[:2]}")
+        raise ValueError(
+            f"input_shape {shape} does not match grad_out's (N, C) {grad_out.shape[:2]}"
+        )
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     kpool._adaptive_avgpool2d_bwd(_planes(grad_out), _planes(grad_x))
     return grad_x
@@ -429,8 +497,10 @@ def linear(x, weight, bias=None):
     x = check_array("input", x)
     weight = check_array("weight", weight, ndim=2, dtype=x.dtype)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"input's last dimension must be in_features={weight.shape[1]}, "
-                         f"got input of shape {x.shape}")
+        raise ValueError(
+            f"input's last dimension must be in_features={weight.shape[1]}, "
+            f"got input of shape {x.shape}"
+        )
     y = x @ weight.T
     if bias is not None:
         bias = check_array("bias", bias, ndim=1, dtype=x.dtype)
@@ -446,8 +516,9 @@ def linear_backward(grad_out, x, weight):
     weight = check_array("weight", weight, ndim=2, dtype=x.dtype)
     grad_out = check_array("grad_out", grad_out, dtype=x.dtype)
     if grad_out.shape != (*x.shape[:-1], weight.shape[0]):
-        raise ValueError(f"grad_out must have shape {(*x.shape[:-1], weight.shape[0])}, "
-                         f"got {grad_out.shape}")
+        raise ValueError(
+            f"grad_out must have shape {(*x.shape[:-1], weight.shape[0])}, got {grad_out.shape}"
+        )
     g2 = grad_out.reshape(-1, weight.shape[0])
     x2 = x.reshape(-1, weight.shape[1])
     return grad_out @ weight, g2.T @ x2, g2.sum(axis=0)
@@ -526,8 +597,12 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum=0.
     x = check_array("input", x, ndim=(2, 3, 4))
     C = x.shape[1]
     params = {}
-    for name, arr in (("running_mean", running_mean), ("running_var", running_var),
-                      ("weight", weight), ("bias", bias)):
+    for name, arr in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         if arr is not None:
             if not isinstance(arr, np.ndarray) or arr.shape != (C,):
                 got = arr.shape if isinstance(arr, np.ndarray) else type(arr).__name__
@@ -550,8 +625,10 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum=0.
     b = np.zeros(C, x.dtype) if bias is None else np.ascontiguousarray(bias)
     if training:
         if count <= 1:
-            raise ValueError(f"batch_norm needs more than 1 value per channel when training, "
-                             f"got input of shape {x.shape}")
+            raise ValueError(
+                f"batch_norm needs more than 1 value per channel when training, "
+                f"got input of shape {x.shape}"
+            )
         mean = np.empty(C, np.float64)
         var = np.empty(C, np.float64)
         knorm._bn_batch_stats(x3, mean, var)
@@ -567,8 +644,9 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum=0.
     invstd = 1.0 / np.sqrt(var + eps)
     scale = w * invstd
     y = np.empty_like(x)
-    knorm._bn_affine(x3, scale.astype(x.dtype), (b - mean * scale).astype(x.dtype),
-                     y.reshape(x3.shape))
+    knorm._bn_affine(
+        x3, scale.astype(x.dtype), (b - mean * scale).astype(x.dtype), y.reshape(x3.shape)
+    )
     cache = {"x": x, "mean": mean, "invstd": invstd, "weight": w, "training": bool(training)}
     return y, cache
 
@@ -660,8 +738,10 @@ def _check_ce_args(logits, target, reduction):
     if target.shape != (logits.shape[0],):
         raise ValueError(f"target must have shape ({logits.shape[0]},), got {target.shape}")
     if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
-        raise ValueError(f"target values must lie in [0, {logits.shape[1]}), got "
-                         f"[{target.min()}, {target.max()}]")
+        raise ValueError(
+            f"target values must lie in [0, {logits.shape[1]}), got "
+            f"[{target.min()}, {target.max()}]"
+        )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     return logits, target

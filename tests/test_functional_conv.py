@@ -53,7 +53,9 @@ def test_conv2d_matches_reference_float64(rng, case, conv_path):
     assert y.dtype == np.float64
     assert_close64(y, R.conv2d(x, w, b, **kw))
     go = rng.standard_normal(y.shape)
-    for got, want in zip(F.conv2d_backward(go, x, w, **kw), R.conv2d_backward(go, x, w, **kw)):
+    for got, want in zip(
+        F.conv2d_backward(go, x, w, **kw), R.conv2d_backward(go, x, w, **kw), strict=True
+    ):
         assert got.shape == want.shape
         assert_close64(got, want)
 
@@ -95,7 +97,7 @@ def test_conv2d_backward_same_at_1_and_2_threads(rng):
             one = F.conv2d_backward(go, xx, ww, padding=1)
         with fastconv.threads(2):
             two = F.conv2d_backward(go, xx, ww, padding=1)
-        for a, b in zip(one, two):
+        for a, b in zip(one, two, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 

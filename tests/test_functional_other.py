@@ -17,7 +17,7 @@ def test_linear(rng, shape):
     y = F.linear(x, w, b)
     assert_close64(y, R.linear(x, w, b))
     go = rng.standard_normal(y.shape)
-    for got, want in zip(F.linear_backward(go, x, w), R.linear_backward(go, x, w)):
+    for got, want in zip(F.linear_backward(go, x, w), R.linear_backward(go, x, w), strict=True):
         assert_close64(got, want)
     torch = pytest.importorskip("torch")
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
@@ -60,8 +60,11 @@ def test_relu_propagates_nan_like_torch():
     np.testing.assert_array_equal(F.relu_backward(np.ones(4), x), [1.0, 0.0, 0.0, 1.0])
 
 
-@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (4, 3, 5, 6), (2, 1, 1, 1)],
-                         ids=["1d_NC", "1d_NCL", "2d", "single_value_per_sample"])
+@pytest.mark.parametrize(
+    "shape",
+    [(6, 3), (4, 3, 5), (4, 3, 5, 6), (2, 1, 1, 1)],
+    ids=["1d_NC", "1d_NCL", "2d", "single_value_per_sample"],
+)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batch_norm(rng, shape, training):
     C = shape[1]
@@ -76,7 +79,9 @@ def test_batch_norm(rng, shape, training):
     assert_close64(rm, rm_ref)
     assert_close64(rv, rv_ref)
     go = rng.standard_normal(shape)
-    for got, want in zip(F.batch_norm_backward(go, cache), R.batch_norm_backward(go, cache_ref)):
+    for got, want in zip(
+        F.batch_norm_backward(go, cache), R.batch_norm_backward(go, cache_ref), strict=True
+    ):
         assert_close64(got, want)
 
     torch = pytest.importorskip("torch")
@@ -87,8 +92,16 @@ def test_batch_norm(rng, shape, training):
     xt, wt, bt = (torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b))
     yt = torch.nn.functional.batch_norm(xt, rm_t, rv_t, wt, bt, training, 0.2, 1e-4)
     yt.backward(torch.tensor(go.astype(np.float32)))
-    y32, cache32 = F.batch_norm(x32, rm32, rv32, w.astype(np.float32), b.astype(np.float32),
-                                training, momentum=0.2, eps=1e-4)
+    y32, cache32 = F.batch_norm(
+        x32,
+        rm32,
+        rv32,
+        w.astype(np.float32),
+        b.astype(np.float32),
+        training,
+        momentum=0.2,
+        eps=1e-4,
+    )
     assert y32.dtype == np.float32
     assert_close32(y32, yt)
     assert_close32(rm32, rm_t)

@@ -40,14 +40,14 @@ def test_max_pool2d(rng, case):
     assert_close64(y, y_ref)
     np.testing.assert_array_equal(idx, idx_ref)
     go = rng.standard_normal(y.shape)
-    assert_close64(F.max_pool2d_backward(go, idx, x.shape),
-                   R.max_pool2d_backward(go, idx, x.shape))
+    assert_close64(F.max_pool2d_backward(go, idx, x.shape), R.max_pool2d_backward(go, idx, x.shape))
 
     torch = pytest.importorskip("torch")
     x32 = x.astype(np.float32)
     xt = torch.tensor(x32, requires_grad=True)
-    yt, it = torch.nn.functional.max_pool2d(xt, k, s if s is not None else k, p, d, ceil,
-                                            return_indices=True)
+    yt, it = torch.nn.functional.max_pool2d(
+        xt, k, s if s is not None else k, p, d, ceil, return_indices=True
+    )
     y32, idx32 = F.max_pool2d(x32, k, s, p, d, ceil)
     assert_close32(y32, yt)
     np.testing.assert_array_equal(idx32, it.numpy())
@@ -90,21 +90,29 @@ def test_avg_pool2d(rng, case, count_include_pad):
     y = F.avg_pool2d(x, *args)
     assert_close64(y, R.avg_pool2d(x, *args))
     go = rng.standard_normal(y.shape)
-    assert_close64(F.avg_pool2d_backward(go, x.shape, *args),
-                   R.avg_pool2d_backward(go, x.shape, *args))
+    assert_close64(
+        F.avg_pool2d_backward(go, x.shape, *args), R.avg_pool2d_backward(go, x.shape, *args)
+    )
 
     torch = pytest.importorskip("torch")
     xt = torch.tensor(x.astype(np.float32), requires_grad=True)
-    yt = torch.nn.functional.avg_pool2d(xt, k, s if s is not None else k, p, ceil,
-                                        count_include_pad)
+    yt = torch.nn.functional.avg_pool2d(
+        xt, k, s if s is not None else k, p, ceil, count_include_pad
+    )
     assert_close32(F.avg_pool2d(x.astype(np.float32), *args), yt)
     yt.backward(torch.tensor(go.astype(np.float32)))
     assert_close32(F.avg_pool2d_backward(go.astype(np.float32), x.shape, *args), xt.grad)
 
 
 @pytest.mark.parametrize(
-    "shape,out", [((2, 3, 7, 9), (3, 4)), ((1, 2, 6, 6), 1), ((2, 2, 5, 5), 5), ((1, 1, 3, 4), 7),
-                  ((0, 2, 4, 4), 2)],
+    "shape,out",
+    [
+        ((2, 3, 7, 9), (3, 4)),
+        ((1, 2, 6, 6), 1),
+        ((2, 2, 5, 5), 5),
+        ((1, 1, 3, 4), 7),
+        ((0, 2, 4, 4), 2),
+    ],
     ids=["uneven", "global", "identity", "upsample", "batch_0"],
 )
 def test_adaptive_avg_pool2d(rng, shape, out):
@@ -112,8 +120,9 @@ def test_adaptive_avg_pool2d(rng, shape, out):
     y = F.adaptive_avg_pool2d(x, out)
     assert_close64(y, R.adaptive_avg_pool2d(x, out))
     go = rng.standard_normal(y.shape)
-    assert_close64(F.adaptive_avg_pool2d_backward(go, shape),
-                   R.adaptive_avg_pool2d_backward(go, shape))
+    assert_close64(
+        F.adaptive_avg_pool2d_backward(go, shape), R.adaptive_avg_pool2d_backward(go, shape)
+    )
     torch = pytest.importorskip("torch")
     xt = torch.tensor(x, requires_grad=True)
     yt = torch.nn.functional.adaptive_avg_pool2d(xt, out)
@@ -134,8 +143,10 @@ def test_pooling_gradcheck(rng):
         return F.avg_pool2d(x, *args), lambda g: (F.avg_pool2d_backward(g, x.shape, *args),)
 
     def adaptive(x):
-        return (F.adaptive_avg_pool2d(x, (3, 4)),
-                lambda g: (F.adaptive_avg_pool2d_backward(g, x.shape),))
+        return (
+            F.adaptive_avg_pool2d(x, (3, 4)),
+            lambda g: (F.adaptive_avg_pool2d_backward(g, x.shape),),
+        )
 
     for fn in (maxpool, avgpool, adaptive):
         assert fastconv.gradcheck(fn, [x], eps=1e-4)

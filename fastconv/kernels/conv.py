@@ -6,6 +6,7 @@ top/left padding; the bottom/right padding is implied by the output size, so asy
 kernel row ``i``: ``ih = oh*sh - ph + i*dh`` (out of range means a zero from the padding).
 """
 
+import numpy as np
 from numba import prange
 
 from fastconv._config import jit, pjit
@@ -97,67 +98,105 @@ def _conv2d_bwd_weight_direct(x, gy, sh, sw, ph, pw, dh, dw, groups, gw):
                     gw[o, cg, i, j] = acc
 
 
-@pjit
-def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
-    """cols[c*KH*KW + i*KW + j, n, oh*OW + ow] = x[n, c, ih, iw] (0 in the padding).
+@jit
+def _im2col_sample(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
+    """cols[c*KH*KW + i*KW + j, oh*OW + ow] = x[c, ih, iw] (0 in the padding) for one sample.
 
-    ``cols`` is (C*KH*KW, N, OH*OW): rows in PyTorch's unfold order, so ``cols.reshape(R, N*L)``
-    is the right operand of one GEMM for the whole batch. One row per iteration.
+    x is (C, H, W), cols (C*KH*KW, OH*OW): rows in PyTorch's unfold order.
     """
-    N, C, H, W = x.shape
-    for r in prange(C * KH * KW):
+    C, H, W = x.shape
+    for r in range(C * KH * KW):
         c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
         oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
         ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
-        for n in range(N):
-            row = cols[r, n]
-            for oh in range(OH):
-                base = oh * OW
-                if oh < oh_lo or oh >= oh_hi:
-                    row[base:base + OW] = 0
-                    continue
-                ih = oh * sh - ph + i * dh
-                row[base:base + ow_lo] = 0
-                for ow in range(ow_lo, ow_hi):
-                    row[base + ow] = x[n, c, ih, ow * sw - pw + j * dw]
-                row[base + ow_hi:base + OW] = 0
+        row = cols[r]
+        for oh in range(OH):
+            base = oh * OW
+            if oh < oh_lo or oh >= oh_hi:
+                row[base : base + OW] = 0
+                continue
+            src = x[c, oh * sh - ph + i * dh]
+            row[base : base + ow_lo] = 0
+            for ow in range(ow_lo, ow_hi):
+                row[base + ow] = src[ow * sw - pw + j * dw]
+            row[base + ow_hi : base + OW] = 0
+
+
+@jit
+def _col2im_sample(cols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x):
+    """The adjoint of ``_im2col_sample``: x[c] = sum of every column entry taken from it."""
+    C, H, W = x.shape
+    x[:, :, :] = 0
+    for r in range(C * KH * KW):
+        c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
+        oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
+        ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
+        row = cols[r]
+        for oh in range(oh_lo, oh_hi):
+            dst = x[c, oh * sh - ph + i * dh]
+            for ow in range(ow_lo, ow_hi):
+                dst[ow * sw - pw + j * dw] += row[oh * OW + ow]
+
+
+@pjit
+def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
+    """cols[n] = im2col of x[n]; cols is (N, C*KH*KW, OH*OW), PyTorch's unfold layout."""
+    for n in prange(x.shape[0]):
+        _im2col_sample(x[n], KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols[n])
 
 
 @pjit
 def _col2im(cols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x):
-    """The adjoint of ``_im2col``: x[n, c] = sum of every column entry that came from it."""
-    N, C, H, W = x.shape
-    for p in prange(N * C):
-        n, c = p // C, p % C
-        out = x[n, c]
-        out[:, :] = 0
-        for i in range(KH):
-            oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
-            for j in range(KW):
-                ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
-                row = cols[(c * KH + i) * KW + j, n]
-                for oh in range(oh_lo, oh_hi):
-                    ih = oh * sh - ph + i * dh
-                    for ow in range(ow_lo, ow_hi):
-                        out[ih, ow * sw - pw + j * dw] += row[oh * OW + ow]
+    """x[n] = col2im of cols[n] (PyTorch's fold)."""
+    for n in prange(x.shape[0]):
+        _col2im_sample(cols[n], KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x[n])
+
+
+# The GEMM path. The batch is split into one contiguous chunk of samples per workspace slice
+# ``cols[t]``; each chunk unfolds one sample at a time into its slice (which stays in cache) and
+# multiplies with BLAS. BLAS runs inside ``prange`` here, so the caller must make it
+# single-threaded (``fastconv._threads.single_threaded_blas``) or the two pools oversubscribe.
+# Shapes, with G groups: w (G, O/G, R/G), cols (T, G, R/G, L), y and gy (N, G, O/G, L).
 
 
 @pjit
-def _onl_to_nol_add_bias(z, b, y):
-    """y[n, o, l] = z[o, n, l] + b[o]: the GEMM result (O, N, L) moved to NCHW, bias added."""
-    O, N, L = z.shape
-    for p in prange(N * O):
-        n, o = p // O, p % O
-        bo = b[o]
-        for l in range(L):
-            y[n, o, l] = z[o, n, l] + bo
+def _conv2d_fwd_gemm(x, w, b, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols, y):
+    """y[n, g] = w[g] @ im2col(x[n])[g] + b, one chunk of samples per workspace slice."""
+    N, T = x.shape[0], cols.shape[0]
+    G, Og, Rg, L = cols.shape[1], w.shape[1], cols.shape[2], cols.shape[3]
+    for t in prange(T):
+        ws = cols[t]
+        for n in range(t * N // T, (t + 1) * N // T):
+            _im2col_sample(x[n], KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, ws.reshape(G * Rg, L))
+            for g in range(G):
+                out = y[n, g]
+                np.dot(w[g], ws[g], out)
+                for o in range(Og):
+                    out[o] += b[g * Og + o]
 
 
 @pjit
-def _nol_to_onl(g, out):
-    """out[o, n, l] = g[n, o, l]: grad_out moved to the (O, N*L) layout of the GEMM path."""
-    N, O, L = g.shape
-    for p in prange(N * O):
-        n, o = p // O, p % O
-        for l in range(L):
-            out[o, n, l] = g[n, o, l]
+def _conv2d_bwd_gemm(
+    x, gy, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols, gw_part, gw_tmp, gb_part, gx
+):
+    """gx, and per-chunk partial gw_part[t] / gb_part[t] (the caller sums them over t).
+
+    Per sample: gw[g] += gy[g] @ cols[g].T, then cols[g] is overwritten with w[g].T @ gy[g],
+    the gradient of the columns, which col2im folds back into gx[n].
+    """
+    N, T = x.shape[0], cols.shape[0]
+    G, Og, Rg, L = cols.shape[1], w.shape[1], cols.shape[2], cols.shape[3]
+    for t in prange(T):
+        ws, gw, tmp, gb = cols[t], gw_part[t], gw_tmp[t], gb_part[t]
+        gw[:] = 0
+        gb[:] = 0
+        for n in range(t * N // T, (t + 1) * N // T):
+            _im2col_sample(x[n], KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, ws.reshape(G * Rg, L))
+            for g in range(G):
+                g_out = gy[n, g]
+                np.dot(g_out, ws[g].T, tmp)
+                gw[g] += tmp
+                np.dot(w[g].T, g_out, ws[g])
+                for o in range(Og):
+                    gb[g * Og + o] += g_out[o].sum()
+            _col2im_sample(ws.reshape(G * Rg, L), KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, gx[n])
