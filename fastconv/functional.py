@@ -114,15 +114,12 @@ def _check_conv_args(x, weight, groups):
     return x, weight
 
 
-# Dispatch: with few input channels per group the im2col matrix has few rows, so the GEMM is
-# thin and the copy into it dominates; the direct loops win there (first layers, depthwise).
-# With many rows one large GEMM over the whole batch wins by far.
-_DIRECT_MAX_ROWS = 32
-
-
-def _use_direct(weight):
-    _, Cg, KH, KW = weight.shape
-    return Cg * KH * KW <= _DIRECT_MAX_ROWS
+# Dispatch, measured on the BENCHMARKS.md shapes: im2col + GEMM wins everywhere, even with one
+# input channel (10x over direct loops at 1 -> 32 channels, 28x28), except for depthwise-style
+# convolutions (one input channel per group), where each group's GEMM would be a tiny
+# (C_out/groups x kH*kW) matrix; the direct loops win there.
+def _use_direct(weight, groups):
+    return groups > 1 and weight.shape[1] == 1
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -153,7 +150,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     )
     N = x.shape[0]
     y = np.empty((N, O, OH, OW), dtype=x.dtype)
-    if _use_direct(weight):
+    if _use_direct(weight, groups):
         kconv._conv2d_fwd_direct(x, weight, bias, *stride, *before, *dilation, groups, y)
         return y
     cols = _columns_workspace(x, weight, groups, OH * OW)
@@ -220,7 +217,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     if grad_out.shape != (N, O, *out_hw):
         raise ValueError(f"grad_out must have shape {(N, O, *out_hw)}, got {grad_out.shape}")
     grad_x = np.empty_like(x)
-    if _use_direct(weight):
+    if _use_direct(weight, groups):
         grad_w = np.empty_like(weight)
         kconv._conv2d_bwd_input_direct(
             grad_out, weight, *stride, *before, *dilation, groups, grad_x

@@ -27,13 +27,13 @@ CONV_CASES = {
     "batch_0": (0, 3, 6, 6, 4, 3, 1, 1, 1, 1),
 }
 
-# Each case runs through both algorithms by moving the dispatch threshold.
-PATHS = {"direct": 10**9, "gemm": -1}
+# Each case runs through both algorithms by overriding the dispatch.
+PATHS = {"direct": lambda weight, groups: True, "gemm": lambda weight, groups: False}
 
 
 @pytest.fixture(params=list(PATHS), ids=list(PATHS))
 def conv_path(request, monkeypatch):
-    monkeypatch.setattr(F, "_DIRECT_MAX_ROWS", PATHS[request.param])
+    monkeypatch.setattr(F, "_use_direct", PATHS[request.param])
     return request.param
 
 
@@ -89,14 +89,14 @@ def test_conv2d_without_bias_and_noncontiguous_input(rng, conv_path):
 def test_conv2d_backward_same_at_1_and_2_threads(rng):
     x = rng.standard_normal((8, 16, 12, 12)).astype(np.float32)
     w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
-    x1 = rng.standard_normal((8, 1, 12, 12)).astype(np.float32)
-    w1 = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
+    wd = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
     go = rng.standard_normal((8, 24, 12, 12)).astype(np.float32)
-    for xx, ww in ((x, w), (x1, w1)):  # the GEMM path and the direct path
+    for xx, ww, groups in ((x, w, 1), (x[:, :8], wd, 8)):  # GEMM path, direct (depthwise) path
+        assert F._use_direct(ww, groups) == (groups > 1)
         with fastconv.threads(1):
-            one = F.conv2d_backward(go, xx, ww, padding=1)
+            one = F.conv2d_backward(go, xx, ww, padding=1, groups=groups)
         with fastconv.threads(2):
-            two = F.conv2d_backward(go, xx, ww, padding=1)
+            two = F.conv2d_backward(go, xx, ww, padding=1, groups=groups)
         for a, b in zip(one, two, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 

@@ -23,6 +23,35 @@ def _valid_outputs(out_size, in_size, stride, pad, offset):
     return lo, max(lo, hi)
 
 
+@jit
+def _axpy(a, x, x0, xstep, y, y0, ystep, count):
+    """y[y0 + t*ystep] += a * x[x0 + t*xstep] for t < count (the inner loop of direct conv).
+
+    The unit-step case runs on plain slices, which LLVM vectorises; strided steps cannot be.
+    """
+    if xstep == 1 and ystep == 1:
+        xs, ys = x[x0 : x0 + count], y[y0 : y0 + count]
+        for t in range(count):
+            ys[t] += a * xs[t]
+    else:
+        for t in range(count):
+            y[y0 + t * ystep] += a * x[x0 + t * xstep]
+
+
+@jit
+def _dot(x, x0, xstep, y, count):
+    """sum of y[t] * x[x0 + t*xstep] for t < count, accumulated in float64."""
+    acc = 0.0
+    if xstep == 1:
+        xs = x[x0 : x0 + count]
+        for t in range(count):
+            acc += y[t] * xs[t]
+    else:
+        for t in range(count):
+            acc += y[t] * x[x0 + t * xstep]
+    return acc
+
+
 @pjit
 def _conv2d_fwd_direct(x, w, b, sh, sw, ph, pw, dh, dw, groups, y):
     """y[n, o] = b[o] + sum over the group's channels and taps; one (n, o) plane per iteration."""
@@ -41,11 +70,18 @@ def _conv2d_fwd_direct(x, w, b, sh, sw, ph, pw, dh, dw, groups, y):
                 oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
                 for j in range(KW):
                     ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
-                    wv = w[o, cg, i, j]
+                    iw0 = ow_lo * sw - pw + j * dw
                     for oh in range(oh_lo, oh_hi):
-                        ih = oh * sh - ph + i * dh
-                        for ow in range(ow_lo, ow_hi):
-                            out[oh, ow] += wv * inp[ih, ow * sw - pw + j * dw]
+                        _axpy(
+                            w[o, cg, i, j],
+                            inp[oh * sh - ph + i * dh],
+                            iw0,
+                            sw,
+                            out[oh],
+                            ow_lo,
+                            1,
+                            ow_hi - ow_lo,
+                        )
 
 
 @pjit
@@ -66,11 +102,18 @@ def _conv2d_bwd_input_direct(gy, w, sh, sw, ph, pw, dh, dw, groups, gx):
                 oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
                 for j in range(KW):
                     ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
-                    wv = w[o0 + og, cg, i, j]
+                    iw0 = ow_lo * sw - pw + j * dw
                     for oh in range(oh_lo, oh_hi):
-                        ih = oh * sh - ph + i * dh
-                        for ow in range(ow_lo, ow_hi):
-                            out[ih, ow * sw - pw + j * dw] += wv * g[oh, ow]
+                        _axpy(
+                            w[o0 + og, cg, i, j],
+                            g[oh],
+                            ow_lo,
+                            1,
+                            out[oh * sh - ph + i * dh],
+                            iw0,
+                            sw,
+                            ow_hi - ow_lo,
+                        )
 
 
 @pjit
@@ -87,14 +130,18 @@ def _conv2d_bwd_weight_direct(x, gy, sh, sw, ph, pw, dh, dw, groups, gw):
                 oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
                 for j in range(KW):
                     ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
+                    iw0 = ow_lo * sw - pw + j * dw
                     acc = 0.0
                     for n in range(N):
-                        inp = x[n, c0 + cg]
-                        g = gy[n, o]
+                        inp, g = x[n, c0 + cg], gy[n, o]
                         for oh in range(oh_lo, oh_hi):
-                            ih = oh * sh - ph + i * dh
-                            for ow in range(ow_lo, ow_hi):
-                                acc += g[oh, ow] * inp[ih, ow * sw - pw + j * dw]
+                            acc += _dot(
+                                inp[oh * sh - ph + i * dh],
+                                iw0,
+                                sw,
+                                g[oh, ow_lo:ow_hi],
+                                ow_hi - ow_lo,
+                            )
                     gw[o, cg, i, j] = acc
 
 
