@@ -1,6 +1,6 @@
 """fastconv: a fast, readable CNN core for Python (numba kernels, PyTorch names)."""
 
-from fastconv import functional, init, nn, optim, reference
+from fastconv import datasets, functional, init, nn, optim, reference
 from fastconv._gradcheck import GradcheckError, gradcheck
 from fastconv._threads import get_num_threads, set_num_threads, threads
 from fastconv.serialization import load, save
@@ -8,6 +8,7 @@ from fastconv.serialization import load, save
 __version__ = "0.1.0"
 
 __all__ = [
+    "datasets",
     "functional",
     "init",
     "nn",

@@ -1,7 +1,9 @@
-"""One thread count for numba's parallel loops and for BLAS (used by the GEMM paths).
+"""Thread control: numba's parallel loops are fastconv's only source of parallelism.
 
-Both pools are kept at the same size so they never oversubscribe the cores: fastconv never calls
-BLAS from inside a ``prange`` loop, so at any moment only one of the two pools is busy.
+Every BLAS call fastconv makes runs single-threaded, from inside a ``prange`` loop over chunks
+of the work (see ``kernels/matmul.py``). Two thread pools on two cores (numba's workers and
+BLAS's) slow each other down several times over, so BLAS's own pool is never used: kernels
+that call it are wrapped in ``single_threaded_blas()``, which restores the user's setting.
 """
 
 from __future__ import annotations
@@ -24,15 +26,13 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads (1 <= n <= the number numba started with) for kernels and BLAS."""
+    """Use ``n`` threads (1 <= n <= the number numba started with) in fastconv's kernels."""
     if not isinstance(n, numbers.Integral) or isinstance(n, bool):
         raise TypeError(f"n must be an int, got {n!r}")
     limit = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= limit:
         raise ValueError(f"n must be between 1 and {limit} (NUMBA_NUM_THREADS), got {n}")
     numba.set_num_threads(int(n))
-    for lib in _BLAS:
-        lib.set_num_threads(int(n))
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from scipy.special import expit
 from fastconv._config import check_array, check_probability, pair
 from fastconv._threads import get_num_threads, single_threaded_blas
 from fastconv.kernels import conv as kconv
+from fastconv.kernels import matmul as kmatmul
 from fastconv.kernels import norm as knorm
 from fastconv.kernels import pool as kpool
 
@@ -489,6 +490,17 @@ def adaptive_avg_pool2d_backward(grad_out, input_shape):
 # =============================================================================================
 
 
+def _matmul(a, b):
+    """a @ b for 2-D a (any layout) and b (C- or F-contiguous, e.g. a weight's transpose)."""
+    a = np.ascontiguousarray(a)
+    if not (b.flags.c_contiguous or b.flags.f_contiguous):
+        b = np.ascontiguousarray(b)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    with single_threaded_blas():
+        kmatmul._matmul(a, b, out, get_num_threads())
+    return out
+
+
 def linear(x, weight, bias=None):
     """``y = x @ weight.T + bias``; x (*, in_features), weight (out_features, in_features)."""
     x = check_array("input", x)
@@ -498,13 +510,14 @@ def linear(x, weight, bias=None):
             f"input's last dimension must be in_features={weight.shape[1]}, "
             f"got input of shape {x.shape}"
         )
-    y = x @ weight.T
     if bias is not None:
         bias = check_array("bias", bias, ndim=1, dtype=x.dtype)
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    y = _matmul(x.reshape(-1, weight.shape[1]), weight.T)
+    if bias is not None:
         y += bias
-    return y
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def linear_backward(grad_out, x, weight):
@@ -518,7 +531,8 @@ def linear_backward(grad_out, x, weight):
         )
     g2 = grad_out.reshape(-1, weight.shape[0])
     x2 = x.reshape(-1, weight.shape[1])
-    return grad_out @ weight, g2.T @ x2, g2.sum(axis=0)
+    grad_x = _matmul(g2, weight).reshape(x.shape)
+    return grad_x, _matmul(g2.T, x2), g2.sum(axis=0)
 
 
 def _check_pair(x, grad_out):

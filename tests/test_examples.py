@@ -1,0 +1,173 @@
+"""Smoke tests of the example scripts on a tiny synthetic data set (no real data, no network).
+
+They run the scripts' ``main`` in process: a short training run, ``--resume``, a run that a
+huge learning rate drives to NaN, and the optimizer comparison.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import nn
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+N_TRAIN, N_TEST = 96, 48
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # compare_optimizers imports train_fashion_mnist by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    return _load_script("train_fashion_mnist")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Four tiny IDX files: class ``k`` images are noise plus a bright row ``2k + 4``."""
+    root = tmp_path_factory.mktemp("tiny-fashion")
+    rng = np.random.default_rng(0)
+
+    def write(name, array):
+        header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+        (root / name).write_bytes(header + array.tobytes())
+
+    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 80, size=(n, 28, 28), dtype=np.uint8)
+        images[np.arange(n), 2 * labels + 4, :] = 255
+        write(f"{prefix}-images-idx3-ubyte", images)
+        write(f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+def _args(data_dir, out, *extra):
+    return [
+        "--model", "seed", "--data-dir", str(data_dir), "--out", str(out),
+        "--batch-size", "16", "--threads", "1", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _history(out):
+    return json.loads((out / "history.json").read_text())["epochs"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow warnings on the way to NaN
+def test_train_resume_and_nan_stop(train_script, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_script.main(_args(data_dir, out, "--epochs", "1", "--limit", "64")) == 0
+    printed = capsys.readouterr().out
+    assert "done: 1 epochs" in printed and "best test accuracy" in printed
+
+    history = _history(out)
+    assert [h["epoch"] for h in history] == [1]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_s"):
+        assert np.isfinite(history[0][key]), key
+    assert 0 <= history[0]["test_acc"] <= 1
+    model = train_script.build_model("seed")
+    fastconv.load(model, out / "checkpoint.npz")  # a complete state dict for the same net
+    with np.load(out / "optimizer.npz", allow_pickle=False) as npz:
+        assert "param_groups.0.lr" in npz.files
+    assert json.loads((out / "train_state.json").read_text())["epoch"] == 1
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --resume continues to epoch 2 and ends where an uninterrupted 2-epoch run ends.
+    assert (
+        train_script.main(_args(data_dir, out, "--epochs", "2", "--limit", "64", "--resume")) == 0
+    )
+    assert "resumed" in capsys.readouterr().out
+    resumed = _history(out)
+    assert [h["epoch"] for h in resumed] == [1, 2]
+    assert resumed[0] == history[0]
+    straight = tmp_path / "straight"
+    assert train_script.main(_args(data_dir, straight, "--epochs", "2", "--limit", "64")) == 0
+    with np.load(out / "checkpoint.npz") as a, np.load(straight / "checkpoint.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+    # A huge learning rate makes the loss NaN: exit code 3, a clear message, and the
+    # checkpoint of epoch 2 is left as it was.
+    capsys.readouterr()
+    before = {f: (out / f).read_bytes() for f in ("checkpoint.npz", "train_state.json")}
+    code = train_script.main(
+        _args(data_dir, out, "--epochs", "4", "--limit", "64", "--resume", "--lr", "1e30")
+    )
+    assert code == train_script.EXIT_NONFINITE
+    err = capsys.readouterr().err
+    assert "training loss became" in err and "training stopped" in err
+    assert "checkpoint of epoch 2" in err and "smaller --lr" in err
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert [h["epoch"] for h in _history(out)] == [1, 2]
+
+
+def test_resume_without_state_and_missing_data(train_script, data_dir, tmp_path, capsys):
+    code = train_script.main(_args(data_dir, tmp_path / "empty", "--epochs", "1", "--resume"))
+    assert code == train_script.EXIT_USAGE
+    assert "nothing to resume" in capsys.readouterr().err
+    code = train_script.main(_args(tmp_path / "no-data", tmp_path / "o", "--epochs", "1"))
+    assert code == train_script.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "not found in root=" in err and "FASTCONV_DATA" in err
+
+
+@pytest.mark.parametrize("name", ["seed", "lenet", "bn", "resnet"])
+def test_models_forward_backward(train_script, name):
+    model = train_script.build_model(name, seed=1)
+    again = train_script.build_model(name, seed=1).state_dict()
+    for key, value in model.state_dict().items():  # same seed, same weights
+        np.testing.assert_array_equal(value, again[key], err_msg=key)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    logits = model(x)
+    assert logits.shape == (2, 10) and logits.dtype == np.float32
+    criterion = nn.CrossEntropyLoss()
+    assert np.isfinite(criterion(logits, np.array([3, 7])))
+    model.backward(criterion.backward())
+    assert all(p.grad is not None and p.grad.shape == p.data.shape for p in model.parameters())
+
+
+def test_plain_progress_without_tqdm(train_script, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    bar = train_script.Progress(total=2, desc="epoch 1/1")
+    bar.update(loss="1.0000")
+    bar.update(loss="0.5000")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\repoch 1/1 1/2 loss=1.0000" in err and err.endswith("\n")
+
+
+def test_compare_optimizers(train_script, data_dir, tmp_path, capsys):
+    compare = _load_script("compare_optimizers")
+    out = tmp_path / "compare.png"
+    code = compare.main(
+        [
+            "--data-dir", str(data_dir), "--out", str(out), "--train-size", "48",
+            "--test-size", "24", "--epochs", "1", "--batch-size", "16", "--threads", "1",
+            "--optimizers", "sgd", "adam", "--activations", "relu", "sigmoid",
+            "--lr", "adam=3e-3", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [(r["activation"], r["optimizer"]) for r in results] == [
+        ("relu", "sgd"), ("relu", "adam"), ("sigmoid", "sgd"), ("sigmoid", "adam"),
+    ]  # fmt: skip
+    assert results[1]["lr"] == 3e-3
+    assert all(len(r["step_loss"]) == 3 and len(r["test_acc"]) == 1 for r in results)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "done: 4 runs" in capsys.readouterr().out
