@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import assert_close32, assert_close64
+from helpers import assert_close32, assert_close64
 
 import fastconv
 import fastconv.functional as F

@@ -1,0 +1,1 @@
+"""fastconv's benchmarks (a package so that its conftest does not shadow ``tests/conftest.py``)."""
