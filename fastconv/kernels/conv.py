@@ -39,6 +39,19 @@ def _axpy(a, x, x0, xstep, y, y0, ystep, count):
 
 
 @jit
+def _copy(x, x0, xstep, y):
+    """y[t] = x[x0 + t*xstep] for every t (contiguous slices in the unit-step case)."""
+    n = y.shape[0]
+    if xstep == 1:
+        xs = x[x0 : x0 + n]
+        for t in range(n):
+            y[t] = xs[t]
+    else:
+        for t in range(n):
+            y[t] = x[x0 + t * xstep]
+
+
+@jit
 def _dot(x, x0, xstep, y, count):
     """sum of y[t] * x[x0 + t*xstep] for t < count, accumulated in float64."""
     acc = 0.0
@@ -146,104 +159,162 @@ def _conv2d_bwd_weight_direct(x, gy, sh, sw, ph, pw, dh, dw, groups, gw):
 
 
 @jit
-def _im2col_sample(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
-    """cols[c*KH*KW + i*KW + j, oh*OW + ow] = x[c, ih, iw] (0 in the padding) for one sample.
+def _im2col_rows(x, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, cols):
+    """cols[c*KH*KW + i*KW + j, (oh-oh0)*OW + ow] = x[c, ih, iw] for output rows [oh0, oh1).
 
-    x is (C, H, W), cols (C*KH*KW, OH*OW): rows in PyTorch's unfold order.
+    x is one sample (C, H, W); cols (C*KH*KW, (oh1-oh0)*OW), rows in PyTorch's unfold order;
+    0 where the tap falls in the padding.
     """
     C, H, W = x.shape
+    OH = oh1  # rows past oh1 are not needed
     for r in range(C * KH * KW):
         c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
         oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
         ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
         row = cols[r]
-        for oh in range(OH):
-            base = oh * OW
+        for oh in range(oh0, oh1):
+            base = (oh - oh0) * OW
             if oh < oh_lo or oh >= oh_hi:
                 row[base : base + OW] = 0
                 continue
-            src = x[c, oh * sh - ph + i * dh]
             row[base : base + ow_lo] = 0
-            for ow in range(ow_lo, ow_hi):
-                row[base + ow] = src[ow * sw - pw + j * dw]
+            _copy(
+                x[c, oh * sh - ph + i * dh],
+                ow_lo * sw - pw + j * dw,
+                sw,
+                row[base + ow_lo : base + ow_hi],
+            )
             row[base + ow_hi : base + OW] = 0
 
 
 @jit
-def _col2im_sample(cols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x):
-    """The adjoint of ``_im2col_sample``: x[c] = sum of every column entry taken from it."""
+def _col2im_add_rows(cols, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, x):
+    """The adjoint of ``_im2col_rows``: add every column entry back where it was taken from."""
     C, H, W = x.shape
-    x[:, :, :] = 0
     for r in range(C * KH * KW):
         c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
-        oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
+        oh_lo, oh_hi = _valid_outputs(oh1, H, sh, ph, i * dh)
         ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
         row = cols[r]
-        for oh in range(oh_lo, oh_hi):
-            dst = x[c, oh * sh - ph + i * dh]
-            for ow in range(ow_lo, ow_hi):
-                dst[ow * sw - pw + j * dw] += row[oh * OW + ow]
+        for oh in range(max(oh0, oh_lo), oh_hi):
+            base = (oh - oh0) * OW
+            _axpy(
+                1.0,
+                row,
+                base + ow_lo,
+                1,
+                x[c, oh * sh - ph + i * dh],
+                ow_lo * sw - pw + j * dw,
+                sw,
+                ow_hi - ow_lo,
+            )
 
 
 @pjit
 def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
     """cols[n] = im2col of x[n]; cols is (N, C*KH*KW, OH*OW), PyTorch's unfold layout."""
     for n in prange(x.shape[0]):
-        _im2col_sample(x[n], KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols[n])
+        _im2col_rows(x[n], KH, KW, sh, sw, ph, pw, dh, dw, 0, OH, OW, cols[n])
 
 
 @pjit
 def _col2im(cols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x):
     """x[n] = col2im of cols[n] (PyTorch's fold)."""
     for n in prange(x.shape[0]):
-        _col2im_sample(cols[n], KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x[n])
+        x[n] = 0
+        _col2im_add_rows(cols[n], KH, KW, sh, sw, ph, pw, dh, dw, 0, OH, OW, x[n])
 
 
-# The GEMM path. The batch is split into one contiguous chunk of samples per workspace slice
-# ``cols[t]``; each chunk unfolds one sample at a time into its slice (which stays in cache) and
-# multiplies with BLAS. BLAS runs inside ``prange`` here, so the caller must make it
-# single-threaded (``fastconv._threads.single_threaded_blas``) or the two pools oversubscribe.
-# Shapes, with G groups: w (G, O/G, R/G), cols (T, G, R/G, L), y and gy (N, G, O/G, L).
+# The GEMM path. The batch is split into one contiguous chunk of samples per thread t. Each
+# sample is unfolded a tile of ``rows`` output rows at a time into the thread's workspace
+# ``cols[t]``, sized to stay in cache, and multiplied there with BLAS. BLAS runs inside
+# ``prange``, so the caller must make it single-threaded (``single_threaded_blas``) or the two
+# thread pools oversubscribe the cores.
+# Shapes, with G groups: w (G, O/G, R/G), y and gy (N, G, O/G, OH*OW), workspaces flat per t.
 
 
 @pjit
-def _conv2d_fwd_gemm(x, w, b, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols, y):
-    """y[n, g] = w[g] @ im2col(x[n])[g] + b, one chunk of samples per workspace slice."""
+def _conv2d_fwd_gemm(x, w, b, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, rows, cols, prod, y):
+    """y[n, g] = w[g] @ im2col(x[n])[g] + b, one tile of output rows at a time.
+
+    Workspaces per thread t: cols[t] holds a tile's columns (R * rows*OW), prod[t] the GEMM
+    result of one group (O/G * rows*OW) before it is moved into y with the bias added.
+    """
     N, T = x.shape[0], cols.shape[0]
-    G, Og, Rg, L = cols.shape[1], w.shape[1], cols.shape[2], cols.shape[3]
+    G, Og, Rg = w.shape
     for t in prange(T):
-        ws = cols[t]
         for n in range(t * N // T, (t + 1) * N // T):
-            _im2col_sample(x[n], KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, ws.reshape(G * Rg, L))
-            for g in range(G):
-                out = y[n, g]
-                np.dot(w[g], ws[g], out)
-                for o in range(Og):
-                    out[o] += b[g * Og + o]
+            for oh0 in range(0, OH, rows):
+                oh1 = min(OH, oh0 + rows)
+                l0, tl = oh0 * OW, (oh1 - oh0) * OW
+                tile = cols[t, : G * Rg * tl].reshape(G, Rg, tl)
+                _im2col_rows(
+                    x[n], KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, tile.reshape(G * Rg, tl)
+                )
+                p = prod[t, : Og * tl].reshape(Og, tl)
+                for g in range(G):
+                    np.dot(w[g], tile[g], p)
+                    for o in range(Og):
+                        dst, bo = y[n, g, o], b[g * Og + o]
+                        for l in range(tl):
+                            dst[l0 + l] = p[o, l] + bo
 
 
 @pjit
 def _conv2d_bwd_gemm(
-    x, gy, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols, gw_part, gw_tmp, gb_part, gx
+    x,
+    gy,
+    w,
+    KH,
+    KW,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    OH,
+    OW,
+    rows,
+    cols,
+    gtile,
+    gw_part,
+    gw_tmp,
+    gb_part,
+    gx,
 ):
-    """gx, and per-chunk partial gw_part[t] / gb_part[t] (the caller sums them over t).
+    """gx, and per-thread partial sums gw_part[t] / gb_part[t] (the caller adds them up).
 
-    Per sample: gw[g] += gy[g] @ cols[g].T, then cols[g] is overwritten with w[g].T @ gy[g],
-    the gradient of the columns, which col2im folds back into gx[n].
+    Per tile of output rows: gw[g] += gy[g] @ cols[g].T; then cols[g] is overwritten with
+    w[g].T @ gy[g], the gradient of the columns, which col2im adds into gx[n].
     """
     N, T = x.shape[0], cols.shape[0]
-    G, Og, Rg, L = cols.shape[1], w.shape[1], cols.shape[2], cols.shape[3]
+    G, Og, Rg = w.shape
     for t in prange(T):
-        ws, gw, tmp, gb = cols[t], gw_part[t], gw_tmp[t], gb_part[t]
+        gw, tmp, gb = gw_part[t], gw_tmp[t], gb_part[t]
         gw[:] = 0
         gb[:] = 0
         for n in range(t * N // T, (t + 1) * N // T):
-            _im2col_sample(x[n], KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, ws.reshape(G * Rg, L))
-            for g in range(G):
-                g_out = gy[n, g]
-                np.dot(g_out, ws[g].T, tmp)
-                gw[g] += tmp
-                np.dot(w[g].T, g_out, ws[g])
-                for o in range(Og):
-                    gb[g * Og + o] += g_out[o].sum()
-            _col2im_sample(ws.reshape(G * Rg, L), KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, gx[n])
+            gx[n] = 0
+            for oh0 in range(0, OH, rows):
+                oh1 = min(OH, oh0 + rows)
+                l0, tl = oh0 * OW, (oh1 - oh0) * OW
+                tile = cols[t, : G * Rg * tl].reshape(G, Rg, tl)
+                _im2col_rows(
+                    x[n], KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, tile.reshape(G * Rg, tl)
+                )
+                g_out = gtile[t, : Og * tl].reshape(Og, tl)
+                for g in range(G):
+                    for o in range(Og):  # this tile of gy, made contiguous for BLAS
+                        src = gy[n, g, o]
+                        acc = 0.0
+                        for l in range(tl):
+                            g_out[o, l] = src[l0 + l]
+                            acc += src[l0 + l]
+                        gb[g * Og + o] += acc
+                    np.dot(g_out, tile[g].T, tmp)
+                    gw[g] += tmp
+                    np.dot(w[g].T, g_out, tile[g])
+                _col2im_add_rows(
+                    tile.reshape(G * Rg, tl), KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, gx[n]
+                )

@@ -4,7 +4,6 @@ Arrays come in as (P, H, W) with P = N*C planes (a free reshape of NCHW), so one
 covers the whole batch. Window of output (oh, ow): rows ``oh*sh - ph + i*dh`` for i < KH.
 """
 
-import numpy as np
 from numba import prange
 
 from fastconv._config import jit, pjit
@@ -24,8 +23,9 @@ def _taps_inside(start, size, dilation, k):
 def _maxpool2d_fwd(x, KH, KW, sh, sw, ph, pw, dh, dw, y, idx):
     """y = window max, idx = its flat index ``ih*W + iw`` in the plane.
 
-    Same rule as PyTorch: start from the first tap inside the input with value -inf, take a value
-    if it is greater or NaN (so NaN propagates and the last NaN's index wins).
+    PyTorch's rule: start from the first tap inside the input, take a later value if it is
+    greater or NaN (so NaN propagates and the last NaN's index wins, and an all -inf window
+    gives its first tap).
     """
     P, H, W = x.shape
     OH, OW = y.shape[1], y.shape[2]
@@ -37,13 +37,14 @@ def _maxpool2d_fwd(x, KH, KW, sh, sw, ph, pw, dh, dw, y, idx):
             for ow in range(OW):
                 w0 = ow * sw - pw
                 j_lo, j_hi = _taps_inside(w0, W, dw, KW)
-                best = -np.inf
+                best = plane[h0 + i_lo * dh, w0 + j_lo * dw]
                 best_at = (h0 + i_lo * dh) * W + w0 + j_lo * dw
                 for i in range(i_lo, i_hi):
                     ih = h0 + i * dh
+                    row = plane[ih]
                     for j in range(j_lo, j_hi):
-                        v = plane[ih, w0 + j * dw]
-                        if v > best or np.isnan(v):
+                        v = row[w0 + j * dw]
+                        if v > best or v != v:  # v != v: NaN
                             best = v
                             best_at = ih * W + w0 + j * dw
                 y[p, oh, ow] = best
