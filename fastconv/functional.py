@@ -22,6 +22,7 @@ from fastconv.kernels import elementwise as kelem
 from fastconv.kernels import matmul as kmatmul
 from fastconv.kernels import norm as knorm
 from fastconv.kernels import pool as kpool
+from fastconv.kernels import winograd as kwino
 
 __all__ = [
     "conv2d",
@@ -116,10 +117,27 @@ def _check_conv_args(x, weight, groups):
     return x, weight
 
 
-# Dispatch, measured on the BENCHMARKS.md shapes: im2col + GEMM wins everywhere, even with one
-# input channel (10x over direct loops at 1 -> 32 channels, 28x28), except for depthwise-style
-# convolutions (one input channel per group), where each group's GEMM would be a tiny
-# (C_out/groups x kH*kW) matrix; the direct loops win there.
+# Dispatch, measured on the BENCHMARKS.md shapes (see ``benchmarks/report.py``):
+# - 3x3, stride 1, no dilation, one group, enough channels: Winograd F(2x2, 3x3), 2.25x fewer
+#   multiplications than im2col + GEMM; its backward-data pass is the same algorithm on the
+#   flipped kernel. With few input channels the transforms cost more than they save.
+# - depthwise-style (one input channel per group): direct loops; each group's GEMM would be a
+#   tiny (C_out/groups x kH*kW) matrix.
+# - everything else: im2col + GEMM, which beats direct loops even with one input channel (10x
+#   at 1 -> 32 channels, 28x28).
+_WINOGRAD_MIN_CHANNELS = 16
+
+
+def _use_winograd(x_channels, weight, stride, dilation, groups):
+    return (
+        weight.shape[2:] == (3, 3)
+        and stride == (1, 1)
+        and dilation == (1, 1)
+        and groups == 1
+        and min(x_channels, weight.shape[0]) >= _WINOGRAD_MIN_CHANNELS
+    )
+
+
 def _use_direct(weight, groups):
     return groups > 1 and weight.shape[1] == 1
 
@@ -154,6 +172,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     y = np.empty((N, O, OH, OW), dtype=x.dtype)
     if _use_direct(weight, groups):
         kconv._conv2d_fwd_direct(x, weight, bias, *stride, *before, *dilation, groups, y)
+        return y
+    if _use_winograd(x.shape[1], weight, stride, dilation, groups):
+        _winograd(x, weight, bias, before, y)
         return y
     rows = _tile_rows(x, weight, OH, OW)
     cols = _columns_workspace(x, weight, rows * OW)
@@ -208,6 +229,28 @@ def _columns_workspace(x, weight, tile_len):
     return cache[: math.prod(shape)].reshape(shape)
 
 
+# Winograd works on blocks of about this many 2x2 output tiles: the block's transformed patches
+# and products (16 x channels x tiles each) should stay in cache.
+_WINOGRAD_TILES = 128
+
+
+def _winograd(x, weight, bias, before, y):
+    """y = conv2d(x, weight) + bias for a 3x3 stride-1 kernel, top/left padding ``before``."""
+    O, C = weight.shape[:2]
+    OH, OW = y.shape[2:]
+    TW = (OW + 1) // 2
+    block = max(1, _WINOGRAD_TILES // TW)  # tile rows per block
+    U = np.empty((16, O, C), dtype=x.dtype)
+    kwino._winograd_weights(weight, U)
+    T = min(get_num_threads(), max(x.shape[0], 1))
+    V = np.empty((T, 16 * C * block * TW), dtype=x.dtype)
+    M = np.empty((T, 16 * O * block * TW), dtype=x.dtype)
+    rows_in = np.empty((T, 8, 2 * TW + 2), dtype=x.dtype)
+    rows_out = np.empty((T, 2, 2 * TW), dtype=x.dtype)
+    with single_threaded_blas():
+        kwino._conv2d_winograd(x, U, bias, *before, block, V, M, rows_in, rows_out, y)
+
+
 def _grouped_weight(weight, groups):
     """OIHW -> (groups, O/groups, C/groups*kH*kW): each group's GEMM operand, contiguous."""
     O = weight.shape[0]
@@ -228,6 +271,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     """
     x, weight = _check_conv_args(x, weight, groups)
     O, Cg, KH, KW = weight.shape
+    C = x.shape[1]
     stride, before, dilation, out_hw = _window_geometry(
         "weight", x.shape[2:], (KH, KW), stride, padding, dilation, allow_same=True
     )
@@ -244,6 +288,12 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         kconv._conv2d_bwd_weight_direct(x, grad_out, *stride, *before, *dilation, groups, grad_w)
         return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
     OH, OW = out_hw
+    # The input gradient of a stride-1 3x3 conv is the full convolution of grad_out with the
+    # flipped kernel (channels swapped): Winograd again, with padding 2 - pad on each side.
+    winograd_input_grad = _use_winograd(C, weight, stride, dilation, groups) and max(before) <= 2
+    if winograd_input_grad:
+        flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _winograd(grad_out, flipped, np.zeros(C, x.dtype), (2 - before[0], 2 - before[1]), grad_x)
     rows = _tile_rows(x, weight, OH, OW)
     cols = _columns_workspace(x, weight, rows * OW)
     T, Og, Rg = cols.shape[0], O // groups, Cg * KH * KW
@@ -267,6 +317,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
             gw_part,
             np.empty((T, Og, Rg), dtype=x.dtype),
             gb_part,
+            not winograd_input_grad,
             grad_x,
         )
     grad_w = gw_part.sum(axis=0).reshape(weight.shape)

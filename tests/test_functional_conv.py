@@ -27,14 +27,23 @@ CONV_CASES = {
     "batch_0": (0, 3, 6, 6, 4, 3, 1, 1, 1, 1),
 }
 
-# Each case runs through both algorithms by overriding the dispatch.
-PATHS = {"direct": lambda weight, groups: True, "gemm": lambda weight, groups: False}
+# Each case runs through every algorithm that can compute it, by overriding the dispatch:
+# direct loops and im2col + GEMM take any case; Winograd only 3x3 stride-1 single-group ones.
+PATHS = ["direct", "gemm", "winograd"]
 
 
-@pytest.fixture(params=list(PATHS), ids=list(PATHS))
+@pytest.fixture(params=PATHS)
 def conv_path(request, monkeypatch):
-    monkeypatch.setattr(F, "_use_direct", PATHS[request.param])
-    return request.param
+    path = request.param
+    monkeypatch.setattr(F, "_use_direct", lambda weight, groups: path == "direct")
+    monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
+    return path
+
+
+def _skip_unless_winograd_applies(path, case):
+    N, C, H, W, O, k, s, p, d, g = case
+    if path == "winograd" and not (k == 3 and s == 1 and d == 1 and g == 1):
+        pytest.skip("Winograd handles 3x3 stride-1 single-group convolutions only")
 
 
 def _conv_inputs(rng, case, dtype):
@@ -48,6 +57,7 @@ def _conv_inputs(rng, case, dtype):
 
 @pytest.mark.parametrize("case", list(CONV_CASES.values()), ids=list(CONV_CASES))
 def test_conv2d_matches_reference_float64(rng, case, conv_path):
+    _skip_unless_winograd_applies(conv_path, case)
     x, w, b, kw = _conv_inputs(rng, case, np.float64)
     y = F.conv2d(x, w, b, **kw)
     assert y.dtype == np.float64
@@ -62,6 +72,7 @@ def test_conv2d_matches_reference_float64(rng, case, conv_path):
 
 @pytest.mark.parametrize("case", list(CONV_CASES.values()), ids=list(CONV_CASES))
 def test_conv2d_matches_torch_float32(rng, case, conv_path):
+    _skip_unless_winograd_applies(conv_path, case)
     torch = pytest.importorskip("torch")
     x, w, b, kw = _conv_inputs(rng, case, np.float32)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
