@@ -128,12 +128,13 @@ def _check_conv_args(x, weight, groups):
 _WINOGRAD_MIN_CHANNELS = 16
 
 
-def _use_winograd(x_channels, weight, stride, dilation, groups):
+def _use_winograd(x_channels, weight, stride, dilation, groups, before):
     return (
         weight.shape[2:] == (3, 3)
         and stride == (1, 1)
         and dilation == (1, 1)
         and groups == 1
+        and max(before) <= 2  # the input-gradient pass pads by 2 - before
         and min(x_channels, weight.shape[0]) >= _WINOGRAD_MIN_CHANNELS
     )
 
@@ -173,7 +174,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if _use_direct(weight, groups):
         kconv._conv2d_fwd_direct(x, weight, bias, *stride, *before, *dilation, groups, y)
         return y
-    if _use_winograd(x.shape[1], weight, stride, dilation, groups):
+    if _use_winograd(x.shape[1], weight, stride, dilation, groups, before):
         _winograd(x, weight, bias, before, y)
         return y
     rows = _tile_rows(x, weight, OH, OW)
@@ -230,25 +231,50 @@ def _columns_workspace(x, weight, tile_len):
 
 
 # Winograd works on blocks of about this many 2x2 output tiles: the block's transformed patches
-# and products (16 x channels x tiles each) should stay in cache.
+# and products (16 x channels x tiles each) should stay in cache. The weight gradient's GEMMs
+# reduce over the tiles, so they prefer longer blocks (measured on fm_conv2 and res_56: 128
+# tiles for the convolution, 256 for the weight gradient; at 112 tiles of 64 channels the
+# weight gradient ran at half speed).
 _WINOGRAD_TILES = 128
+_WINOGRAD_GRAD_TILES = 256
 
 
-def _winograd(x, weight, bias, before, y):
-    """y = conv2d(x, weight) + bias for a 3x3 stride-1 kernel, top/left padding ``before``."""
-    O, C = weight.shape[:2]
-    OH, OW = y.shape[2:]
+def _winograd_workspaces(x, C, O, OW, tiles):
+    """Tile rows per block of about ``tiles`` tiles, and the Winograd kernels' thread buffers."""
     TW = (OW + 1) // 2
-    block = max(1, _WINOGRAD_TILES // TW)  # tile rows per block
-    U = np.empty((16, O, C), dtype=x.dtype)
-    kwino._winograd_weights(weight, U)
+    block = max(1, tiles // TW)  # tile rows per block
     T = min(get_num_threads(), max(x.shape[0], 1))
     V = np.empty((T, 16 * C * block * TW), dtype=x.dtype)
     M = np.empty((T, 16 * O * block * TW), dtype=x.dtype)
     rows_in = np.empty((T, 8, 2 * TW + 2), dtype=x.dtype)
     rows_out = np.empty((T, 2, 2 * TW), dtype=x.dtype)
+    return block, V, M, rows_in, rows_out
+
+
+def _winograd(x, weight, bias, before, y):
+    """y = conv2d(x, weight) + bias for a 3x3 stride-1 kernel, top/left padding ``before``."""
+    O, C = weight.shape[:2]
+    U = np.empty((16, O, C), dtype=x.dtype)
+    kwino._winograd_weights(weight, U)
+    workspaces = _winograd_workspaces(x, C, O, y.shape[3], _WINOGRAD_TILES)
     with single_threaded_blas():
-        kwino._conv2d_winograd(x, U, bias, *before, block, V, M, rows_in, rows_out, y)
+        kwino._conv2d_winograd(x, U, bias, *before, *workspaces, y)
+
+
+def _winograd_grad_weight(x, grad_out, before, grad_w):
+    """grad_w of a 3x3 stride-1 conv: Winograd's 16 GEMMs, then back to 3x3."""
+    O, C = grad_w.shape[:2]
+    block, V, M, rows_in, rows_out = _winograd_workspaces(
+        x, C, O, grad_out.shape[3], _WINOGRAD_GRAD_TILES
+    )
+    T = V.shape[0]
+    dU = np.empty((T, 16, O, C), dtype=x.dtype)
+    tmp = np.empty((T, O, C), dtype=x.dtype)
+    with single_threaded_blas():
+        kwino._conv2d_winograd_grad_weight(
+            x, grad_out, *before, block, V, M, rows_in, rows_out, tmp, dU
+        )
+    kwino._winograd_weights_grad(dU.sum(axis=0), grad_w)
 
 
 def _grouped_weight(weight, groups):
@@ -287,13 +313,15 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         )
         kconv._conv2d_bwd_weight_direct(x, grad_out, *stride, *before, *dilation, groups, grad_w)
         return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
-    OH, OW = out_hw
-    # The input gradient of a stride-1 3x3 conv is the full convolution of grad_out with the
-    # flipped kernel (channels swapped): Winograd again, with padding 2 - pad on each side.
-    winograd_input_grad = _use_winograd(C, weight, stride, dilation, groups) and max(before) <= 2
-    if winograd_input_grad:
+    if _use_winograd(C, weight, stride, dilation, groups, before):
+        # The input gradient of a stride-1 3x3 conv is the full convolution of grad_out with the
+        # flipped kernel (channels swapped): Winograd again, with padding 2 - pad on each side.
         flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         _winograd(grad_out, flipped, np.zeros(C, x.dtype), (2 - before[0], 2 - before[1]), grad_x)
+        grad_w = np.empty_like(weight)
+        _winograd_grad_weight(x, grad_out, before, grad_w)
+        return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
+    OH, OW = out_hw
     rows = _tile_rows(x, weight, OH, OW)
     cols = _columns_workspace(x, weight, rows * OW)
     T, Og, Rg = cols.shape[0], O // groups, Cg * KH * KW
@@ -317,7 +345,6 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
             gw_part,
             np.empty((T, Og, Rg), dtype=x.dtype),
             gb_part,
-            not winograd_input_grad,
             grad_x,
         )
     grad_w = gw_part.sum(axis=0).reshape(weight.shape)

@@ -20,6 +20,7 @@ CONV_CASES = {
     "valid": (2, 3, 6, 6, 2, 3, 1, "valid", 1, 1),
     "kernel_equals_input": (3, 5, 5, 5, 4, 5, 1, 0, 1, 1),
     "kernel_equals_padded_input": (2, 3, 3, 4, 2, (5, 6), 1, 1, 1, 1),
+    "k3_pad3_beyond_winograd": (2, 3, 4, 5, 2, 3, 1, 3, 1, 1),
     "1x1": (2, 16, 5, 6, 7, 1, 1, 0, 1, 1),
     "1x1_stride2": (2, 6, 7, 6, 5, 1, 2, 0, 1, 1),
     "stride_gt_kernel": (2, 3, 11, 9, 2, 2, 3, 1, 1, 1),

@@ -281,11 +281,9 @@ def _conv2d_bwd_gemm(
     gw_part,
     gw_tmp,
     gb_part,
-    input_grad,
     gx,
 ):
-    """Per-thread partial sums gw_part[t] / gb_part[t] (the caller adds them up), and gx if
-    ``input_grad`` (otherwise gx is not touched).
+    """gx, and per-thread partial sums gw_part[t] / gb_part[t] (the caller adds them up).
 
     Per tile of output rows: gw[g] += gy[g] @ cols[g].T; then cols[g] is overwritten with
     w[g].T @ gy[g], the gradient of the columns, which col2im adds into gx[n].
@@ -297,8 +295,7 @@ def _conv2d_bwd_gemm(
         gw[:] = 0
         gb[:] = 0
         for n in range(t * N // T, (t + 1) * N // T):
-            if input_grad:
-                gx[n] = 0
+            gx[n] = 0
             for oh0 in range(0, OH, rows):
                 oh1 = min(OH, oh0 + rows)
                 l0, tl = oh0 * OW, (oh1 - oh0) * OW
@@ -317,21 +314,19 @@ def _conv2d_bwd_gemm(
                         gb[g * Og + o] += acc
                     np.dot(g_out, tile[g].T, tmp)
                     gw[g] += tmp
-                    if input_grad:
-                        np.dot(w[g].T, g_out, tile[g])
-                if input_grad:
-                    _col2im_add_rows(
-                        tile.reshape(G * Rg, tl),
-                        KH,
-                        KW,
-                        sh,
-                        sw,
-                        ph,
-                        pw,
-                        dh,
-                        dw,
-                        oh0,
-                        oh1,
-                        OW,
-                        gx[n],
-                    )
+                    np.dot(w[g].T, g_out, tile[g])
+                _col2im_add_rows(
+                    tile.reshape(G * Rg, tl),
+                    KH,
+                    KW,
+                    sh,
+                    sw,
+                    ph,
+                    pw,
+                    dh,
+                    dw,
+                    oh0,
+                    oh1,
+                    OW,
+                    gx[n],
+                )

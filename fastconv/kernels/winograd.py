@@ -134,3 +134,102 @@ def _conv2d_winograd(x, U, b, ph, pw, block, V, M, rows_in, rows_out, y):
             for xi in range(16):
                 np.dot(U[xi], Vb[xi], Mb[xi])
             _output_transform(Mb, b, TH, TW, u0, u1, rows_out[t], y)
+
+
+# Weight gradient. With U = G g G^T and Y = A^T (U * V) A per tile, dL/dU = (A dY A^T) * V
+# elementwise, so over all tiles dU[xi] (O x C) = Mg[xi] (O x P) @ V[xi].T (P x C), where
+# Mg = A dY A^T, and dL/dg = G^T dU G.
+
+
+@jit
+def _grad_output_transform(gy, TH, TW, u0, u1, rows, Mg):
+    """Mg[xi, o, (u-u0)*TW + tw] = (A dy A^T)[xi] for each 2x2 tile dy of gy (0 outside).
+
+    A = [[1,0], [1,1], [1,-1], [0,-1]]. ``rows`` (2, 2*TW) holds the tile row's two gy rows,
+    zero-padded to whole tiles.
+    """
+    O, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
+    for u in range(u0, u1):
+        n, th = u // TH, u % TH
+        p0 = (u - u0) * TW
+        for o in range(O):
+            rows[:, :] = 0
+            for a in range(min(2, OH - 2 * th)):
+                src, dst = gy[n, o, 2 * th + a], rows[a]
+                for k in range(OW):
+                    dst[k] = src[k]
+            top, bottom = rows[0], rows[1]
+            for tw in range(TW):
+                y00, y01 = top[2 * tw], top[2 * tw + 1]
+                y10, y11 = bottom[2 * tw], bottom[2 * tw + 1]
+                # rows of A dy: (y0), (y0 + y1), (y0 - y1), (-y1); then each row (a, b) times
+                # A^T: (a, a + b, a - b, -b)
+                for r in range(4):
+                    if r == 0:
+                        a, b = y00, y01
+                    elif r == 1:
+                        a, b = y00 + y10, y01 + y11
+                    elif r == 2:
+                        a, b = y00 - y10, y01 - y11
+                    else:
+                        a, b = -y10, -y11
+                    Mg[4 * r, o, p0 + tw] = a
+                    Mg[4 * r + 1, o, p0 + tw] = a + b
+                    Mg[4 * r + 2, o, p0 + tw] = a - b
+                    Mg[4 * r + 3, o, p0 + tw] = -b
+
+
+@pjit
+def _conv2d_winograd_grad_weight(x, gy, ph, pw, block, V, Mg, rows_in, rows_out, tmp, dU):
+    """Per-thread partial sums dU[t] (16, O, C) of the transformed weight gradient.
+
+    Same split and workspaces as ``_conv2d_winograd``; tmp[t] is (O, C).
+    """
+    N, C = x.shape[0], x.shape[1]
+    O, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
+    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    total, T = N * TH, V.shape[0]
+    for t in prange(T):
+        dU[t] = 0
+        end = (t + 1) * total // T
+        for u0 in range(t * total // T, end, block):
+            u1 = min(u0 + block, end)
+            P = (u1 - u0) * TW
+            Vb = V[t, : 16 * C * P].reshape(16, C, P)
+            Mb = Mg[t, : 16 * O * P].reshape(16, O, P)
+            _input_transform(x, ph, pw, TH, TW, u0, u1, rows_in[t], Vb)
+            _grad_output_transform(gy, TH, TW, u0, u1, rows_out[t], Mb)
+            for xi in range(16):
+                np.dot(Mb[xi], Vb[xi].T, tmp[t])
+                dU[t, xi] += tmp[t]
+
+
+@pjit
+def _winograd_weights_grad(dU, gw):
+    """gw[o, c] = G^T dU[:, o, c] G (4x4 -> 3x3); G^T = [[1,.5,.5,0], [0,.5,-.5,0], [0,.5,.5,1]]."""
+    O, C = gw.shape[0], gw.shape[1]
+    for o in prange(O):
+        for c in range(C):
+            for s in range(4):  # G^T D, column s
+                d0, d1, d2, d3 = dU[s, o, c], dU[4 + s, o, c], dU[8 + s, o, c], dU[12 + s, o, c]
+                e0 = d0 + 0.5 * (d1 + d2)
+                e1 = 0.5 * (d1 - d2)
+                e2 = 0.5 * (d1 + d2) + d3
+                if s == 0:
+                    r00, r10, r20 = e0, e1, e2
+                elif s == 1:
+                    r01, r11, r21 = e0, e1, e2
+                elif s == 2:
+                    r02, r12, r22 = e0, e1, e2
+                else:
+                    r03, r13, r23 = e0, e1, e2
+            g = gw[o, c]  # (G^T D) G, row by row
+            g[0, 0] = r00 + 0.5 * (r01 + r02)
+            g[0, 1] = 0.5 * (r01 - r02)
+            g[0, 2] = 0.5 * (r01 + r02) + r03
+            g[1, 0] = r10 + 0.5 * (r11 + r12)
+            g[1, 1] = 0.5 * (r11 - r12)
+            g[1, 2] = 0.5 * (r11 + r12) + r13
+            g[2, 0] = r20 + 0.5 * (r21 + r22)
+            g[2, 1] = 0.5 * (r21 - r22)
+            g[2, 2] = 0.5 * (r21 + r22) + r23
