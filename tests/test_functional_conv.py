@@ -98,19 +98,29 @@ def test_conv2d_without_bias_and_noncontiguous_input(rng, conv_path):
     np.testing.assert_array_equal(x, x_before)
 
 
-def test_conv2d_backward_same_at_1_and_2_threads(rng):
-    x = rng.standard_normal((8, 16, 12, 12)).astype(np.float32)
-    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
-    wd = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
-    go = rng.standard_normal((8, 24, 12, 12)).astype(np.float32)
-    for xx, ww, groups in ((x, w, 1), (x[:, :8], wd, 8)):  # GEMM path, direct (depthwise) path
-        assert F._use_direct(ww, groups) == (groups > 1)
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_conv2d_backward_same_at_1_and_2_threads(rng, dtype, rtol):
+    """Per-thread partial sums are added in another order: equal to rounding, relative to the
+    size of the result."""
+    x = rng.standard_normal((8, 16, 12, 12)).astype(dtype)
+    go = rng.standard_normal((8, 24, 12, 12)).astype(dtype)
+    cases = {  # input, weight, groups, stride: one case per algorithm
+        "winograd": (x, rng.standard_normal((24, 16, 3, 3)).astype(dtype), 1, 1),
+        "gemm": (x, rng.standard_normal((24, 16, 3, 3)).astype(dtype), 1, 2),
+        "direct": (x[:, :8], rng.standard_normal((24, 1, 3, 3)).astype(dtype), 8, 1),
+    }
+    for path, (xx, ww, groups, stride) in cases.items():
+        assert F._use_direct(ww, groups) == (path == "direct")
+        assert F._use_winograd(xx.shape[1], ww, (stride,) * 2, (1, 1), groups, (1, 1)) == (
+            path == "winograd"
+        )
+        g = go if stride == 1 else go[:, :, ::2, ::2]
         with fastconv.threads(1):
-            one = F.conv2d_backward(go, xx, ww, padding=1, groups=groups)
+            one = F.conv2d_backward(g, xx, ww, stride=stride, padding=1, groups=groups)
         with fastconv.threads(2):
-            two = F.conv2d_backward(go, xx, ww, padding=1, groups=groups)
+            two = F.conv2d_backward(g, xx, ww, stride=stride, padding=1, groups=groups)
         for a, b in zip(one, two, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=path)
 
 
 def test_conv2d_gradcheck(rng, conv_path):
