@@ -23,6 +23,21 @@ def _valid_outputs(out_size, in_size, stride, pad, offset):
     return lo, max(lo, hi)
 
 
+# Array expressions (``a[:] = 0``, ``a += b``) written directly inside a ``prange`` body become
+# nested parallel loops, which numba compiles slowly (seconds per kernel); these two helpers keep
+# them serial, inside the iteration that owns the array.
+
+
+@jit
+def _fill(a, value):
+    a[...] = value
+
+
+@jit
+def _add(a, b):
+    a += b
+
+
 @jit
 def _axpy(a, x, x0, xstep, y, y0, ystep, count):
     """y[y0 + t*ystep] += a * x[x0 + t*xstep] for t < count (the inner loop of direct conv).
@@ -76,7 +91,7 @@ def _conv2d_fwd_direct(x, w, b, sh, sw, ph, pw, dh, dw, groups, y):
         n, o = p // O, p % O
         c0 = (o // Og) * Cg
         out = y[n, o]
-        out[:, :] = b[o]
+        _fill(out, b[o])
         for cg in range(Cg):
             inp = x[n, c0 + cg]
             for i in range(KH):
@@ -108,7 +123,7 @@ def _conv2d_bwd_input_direct(gy, w, sh, sw, ph, pw, dh, dw, groups, gx):
         n, c = p // C, p % C
         o0, cg = (c // Cg) * Og, c % Cg
         out = gx[n, c]
-        out[:, :] = 0
+        _fill(out, 0)
         for og in range(Og):
             g = gy[n, o0 + og]
             for i in range(KH):
@@ -221,7 +236,7 @@ def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
 def _col2im(cols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x):
     """x[n] = col2im of cols[n] (PyTorch's fold)."""
     for n in prange(x.shape[0]):
-        x[n] = 0
+        _fill(x[n], 0)
         _col2im_add_rows(cols[n], KH, KW, sh, sw, ph, pw, dh, dw, 0, OH, OW, x[n])
 
 
@@ -292,10 +307,10 @@ def _conv2d_bwd_gemm(
     G, Og, Rg = w.shape
     for t in prange(T):
         gw, tmp, gb = gw_part[t], gw_tmp[t], gb_part[t]
-        gw[:] = 0
-        gb[:] = 0
+        _fill(gw, 0)
+        _fill(gb, 0)
         for n in range(t * N // T, (t + 1) * N // T):
-            gx[n] = 0
+            _fill(gx[n], 0)
             for oh0 in range(0, OH, rows):
                 oh1 = min(OH, oh0 + rows)
                 l0, tl = oh0 * OW, (oh1 - oh0) * OW
@@ -313,7 +328,7 @@ def _conv2d_bwd_gemm(
                             acc += src[l0 + l]
                         gb[g * Og + o] += acc
                     np.dot(g_out, tile[g].T, tmp)
-                    gw[g] += tmp
+                    _add(gw[g], tmp)
                     np.dot(w[g].T, g_out, tile[g])
                 _col2im_add_rows(
                     tile.reshape(G * Rg, tl),

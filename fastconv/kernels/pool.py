@@ -7,6 +7,7 @@ covers the whole batch. Window of output (oh, ow): rows ``oh*sh - ph + i*dh`` fo
 from numba import prange
 
 from fastconv._config import jit, pjit
+from fastconv.kernels.conv import _fill
 
 
 @jit
@@ -56,7 +57,7 @@ def _maxpool2d_bwd(gy, idx, gx):
     """gx[p, idx] += gy[p]: the gradient goes to each window's argmax (windows may overlap)."""
     P, L = gy.shape
     for p in prange(P):
-        gx[p, :] = 0
+        _fill(gx[p], 0)
         for l in range(L):
             gx[p, idx[p, l]] += gy[p, l]
 
@@ -92,7 +93,7 @@ def _avgpool2d_bwd(gy, KH, KW, sh, sw, ph, pw, count_include_pad, gx):
     P, H, W = gx.shape
     OH, OW = gy.shape[1], gy.shape[2]
     for p in prange(P):
-        gx[p, :, :] = 0
+        _fill(gx[p], 0)
         for oh in range(OH):
             h0, h1, dh_ = _avg_window(oh, sh, ph, KH, H, count_include_pad)
             for ow in range(OW):
@@ -130,7 +131,7 @@ def _adaptive_avgpool2d_bwd(gy, gx):
     P, H, W = gx.shape
     OH, OW = gy.shape[1], gy.shape[2]
     for p in prange(P):
-        gx[p, :, :] = 0
+        _fill(gx[p], 0)
         for oh in range(OH):
             h0, h1 = _adaptive_window(oh, OH, H)
             for ow in range(OW):

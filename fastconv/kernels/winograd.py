@@ -16,6 +16,7 @@ import numpy as np
 from numba import prange
 
 from fastconv._config import jit, pjit
+from fastconv.kernels.conv import _add, _fill
 
 
 @pjit
@@ -162,21 +163,21 @@ def _grad_output_transform(gy, TH, TW, u0, u1, rows, Mg):
             for tw in range(TW):
                 y00, y01 = top[2 * tw], top[2 * tw + 1]
                 y10, y11 = bottom[2 * tw], bottom[2 * tw + 1]
-                # rows of A dy: (y0), (y0 + y1), (y0 - y1), (-y1); then each row (a, b) times
-                # A^T: (a, a + b, a - b, -b)
-                for r in range(4):
-                    if r == 0:
-                        a, b = y00, y01
-                    elif r == 1:
-                        a, b = y00 + y10, y01 + y11
-                    elif r == 2:
-                        a, b = y00 - y10, y01 - y11
-                    else:
-                        a, b = -y10, -y11
-                    Mg[4 * r, o, p0 + tw] = a
-                    Mg[4 * r + 1, o, p0 + tw] = a + b
-                    Mg[4 * r + 2, o, p0 + tw] = a - b
-                    Mg[4 * r + 3, o, p0 + tw] = -b
+                p = p0 + tw
+                # rows of A dy: (y0), (y0 + y1), (y0 - y1), (-y1); each row (a, b) times A^T
+                # gives (a, a + b, a - b, -b)
+                _store_row(Mg, 0, o, p, y00, y01)
+                _store_row(Mg, 4, o, p, y00 + y10, y01 + y11)
+                _store_row(Mg, 8, o, p, y00 - y10, y01 - y11)
+                _store_row(Mg, 12, o, p, -y10, -y11)
+
+
+@jit
+def _store_row(Mg, xi, o, p, a, b):
+    Mg[xi, o, p] = a
+    Mg[xi + 1, o, p] = a + b
+    Mg[xi + 2, o, p] = a - b
+    Mg[xi + 3, o, p] = -b
 
 
 @pjit
@@ -190,7 +191,7 @@ def _conv2d_winograd_grad_weight(x, gy, ph, pw, block, V, Mg, rows_in, rows_out,
     TH, TW = (OH + 1) // 2, (OW + 1) // 2
     total, T = N * TH, V.shape[0]
     for t in prange(T):
-        dU[t] = 0
+        _fill(dU[t], 0)
         end = (t + 1) * total // T
         for u0 in range(t * total // T, end, block):
             u1 = min(u0 + block, end)
@@ -201,7 +202,7 @@ def _conv2d_winograd_grad_weight(x, gy, ph, pw, block, V, Mg, rows_in, rows_out,
             _grad_output_transform(gy, TH, TW, u0, u1, rows_out[t], Mb)
             for xi in range(16):
                 np.dot(Mb[xi], Vb[xi].T, tmp[t])
-                dU[t, xi] += tmp[t]
+                _add(dU[t, xi], tmp[t])
 
 
 @pjit
