@@ -481,9 +481,21 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     N, C = x.shape[:2]
     y = np.empty((N, C, *out_hw), dtype=x.dtype)
     indices = np.empty((N, C, *out_hw), dtype=np.int64)
-    kpool._maxpool2d_fwd(
-        _planes(x), *kernel, *stride, *padding, *dilation, _planes(y), _planes(indices)
+    H, W = x.shape[2:]
+    inside = all(
+        (o - 1) * s + (k - 1) * d < size and p == 0
+        for o, s, k, d, size, p in zip(
+            out_hw, stride, kernel, dilation, (H, W), padding, strict=True
+        )
     )
+    if inside:  # every window lies in the input: the kernel without bounds checks
+        kpool._maxpool2d_fwd_inside(
+            _planes(x), *kernel, *stride, *dilation, _planes(y), _planes(indices)
+        )
+    else:
+        kpool._maxpool2d_fwd(
+            _planes(x), *kernel, *stride, *padding, *dilation, _planes(y), _planes(indices)
+        )
     return y, indices
 
 
