@@ -876,3 +876,37 @@ def test_deepcopy_gives_an_independent_model():
     assert clone[0].weight is not net[0].weight
     assert not np.array_equal(clone[0].weight.data, net[0].weight.data)
     assert list(clone.state_dict()) == list(net.state_dict())
+
+
+@pytest.mark.parametrize(
+    "pool_args",
+    [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)],
+    ids=["k2", "k3_s2_p1_ceil"],
+)
+def test_sequential_runs_relu_after_maxpool_with_identical_results(pool_args):
+    """Sequential swaps ReLU -> MaxPool2d (cheaper); values and gradients must not change."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 9, 8))
+    x[0, 0] = -np.abs(x[0, 0])  # windows whose max is negative: ReLU zeroes them
+    x[1, 1, :3, :3] = 0.0  # ties at zero
+    net = nn.Sequential(nn.ReLU(), nn.MaxPool2d(**pool_args), nn.ReLU(), nn.MaxPool2d(2))
+    assert [type(m).__name__ for m in net._run_order()] == [
+        "MaxPool2d",
+        "ReLU",
+        "MaxPool2d",
+        "ReLU",
+    ]
+    y = net(x)
+    g = rng.standard_normal(y.shape)
+    grad = net.backward(g)
+
+    # the literal order, layer by layer through the functional ops
+    h1 = F.relu(x)
+    h2, i2 = F.max_pool2d(h1, **pool_args)
+    h3 = F.relu(h2)
+    want, i4 = F.max_pool2d(h3, 2)
+    g3 = F.max_pool2d_backward(g, i4, h3.shape)
+    g1 = F.max_pool2d_backward(F.relu_backward(g3, h2), i2, h1.shape)
+    want_grad = F.relu_backward(g1, x)
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_allclose(grad, want_grad, rtol=0, atol=0)
