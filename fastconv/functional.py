@@ -177,22 +177,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if _use_winograd(x.shape[1], weight, stride, dilation, groups, before):
         _winograd(x, weight, bias, before, y)
         return y
-    rows = _tile_rows(x, weight, OH, OW)
-    cols = _columns_workspace(x, weight, rows * OW)
-    prod = np.empty((cols.shape[0], O // groups * rows * OW), dtype=x.dtype)
+    rows, samples = _tile_shape(x, weight, OH, OW, groups)
+    cols = _columns_workspace(x, weight, samples * rows * OW)
+    prod = np.empty((cols.shape[0], O // groups * samples * rows * OW), dtype=x.dtype)
     with single_threaded_blas():
         kconv._conv2d_fwd_gemm(
             x,
             _grouped_weight(weight, groups),
             bias,
-            KH,
-            KW,
-            *stride,
-            *before,
-            *dilation,
-            OH,
-            OW,
+            (KH, KW, *stride, *before, *dilation, OH, OW),
             rows,
+            samples,
             cols,
             prod,
             y.reshape(N, groups, O // groups, OH * OW),
@@ -200,17 +195,26 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return y
 
 
-# The GEMM path unfolds a tile of output rows at a time into a buffer of about this size, so
-# the columns are still in cache (L2) when BLAS reads them; unfolding a whole sample of a
-# 64-channel 56x56 layer (7 MB) instead made the copies cost as much as the GEMM.
-_TILE_BYTES = 256 * 1024
+# The GEMM path unfolds a tile of output rows (or of whole small samples) at a time, so that
+# BLAS finds the columns still in cache: unfolding a whole 64-channel 56x56 sample (7 MB) made
+# the copies cost as much as the GEMM. Measured on the BENCHMARKS.md shapes: up to 1 MB of
+# columns, and up to 256 KB of product (per group), e.g. 2 samples for 1 -> 32 channels 28x28,
+# 16 rows for 64 -> 128 channels 56x56 stride 2 (thinner tiles made it 1.6x slower).
+_TILE_BYTES = 1 << 20
+_TILE_OUT_BYTES = 256 << 10
 
 
-def _tile_rows(x, weight, OH, OW):
-    """Output rows per GEMM tile: as many as fit in ``_TILE_BYTES`` of columns, at least 1."""
+def _tile_shape(x, weight, OH, OW, groups=1):
+    """(rows, samples) of a GEMM tile: as many output rows as the budgets allow, and if a whole
+    sample fits, as many whole samples (at least 1 of each)."""
     R = x.shape[1] * weight.shape[2] * weight.shape[3]  # column rows, all groups
-    per_row = max(1, R * OW * x.dtype.itemsize)
-    return int(min(max(OH, 1), max(1, _TILE_BYTES // per_row)))
+    size = x.dtype.itemsize
+    width = max(
+        1, min(_TILE_BYTES // (R * size), _TILE_OUT_BYTES // (weight.shape[0] // groups * size))
+    )
+    rows = int(min(max(OH, 1), max(1, width // max(OW, 1))))
+    samples = 1 if rows < OH else int(min(max(x.shape[0], 1), max(1, width // max(OH * OW, 1))))
+    return rows, samples
 
 
 _workspaces = threading.local()
@@ -322,8 +326,9 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         _winograd_grad_weight(x, grad_out, before, grad_w)
         return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
     OH, OW = out_hw
-    rows = _tile_rows(x, weight, OH, OW)
-    cols = _columns_workspace(x, weight, rows * OW)
+    rows, samples = _tile_shape(x, weight, OH, OW, groups)
+    width = samples * rows * OW
+    cols = _columns_workspace(x, weight, width)
     T, Og, Rg = cols.shape[0], O // groups, Cg * KH * KW
     gw_part = np.empty((T, groups, Og, Rg), dtype=x.dtype)
     gb_part = np.empty((T, O), dtype=np.float64)
@@ -332,16 +337,11 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
             x,
             grad_out.reshape(N, groups, Og, OH * OW),
             _grouped_weight(weight, groups),
-            KH,
-            KW,
-            *stride,
-            *before,
-            *dilation,
-            OH,
-            OW,
+            (KH, KW, *stride, *before, *dilation, OH, OW),
             rows,
+            samples,
             cols,
-            np.empty((T, Og * rows * OW), dtype=x.dtype),
+            np.empty((T, Og * width), dtype=x.dtype),
             gw_part,
             np.empty((T, Og, Rg), dtype=x.dtype),
             gb_part,
