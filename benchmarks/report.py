@@ -65,28 +65,23 @@ def num_threads(n):
         torch.set_num_threads(before)
 
 
-# Pause before each timed call: after an operation, both libraries' worker threads spin for a
-# while (OpenMP's wait policy) before they sleep; without the pause, whichever library runs
-# next shares the two cores with the other's spinning workers, and short operations measured
-# up to several times slower, by chance of order. A real training run uses one library.
-SETTLE_SECONDS = 0.005
-
-
 def interleaved(fns, rounds, threads=None):
-    """Median seconds of each function in ``fns``, all called once per round (the order
-    reversed every other round) after one untimed call each. ``threads[i]``, if given, is the
-    thread count ``fns[i]`` runs with; switching happens outside the timed call, and so does
-    a ``SETTLE_SECONDS`` pause."""
+    """Median seconds of each function in ``fns``, all timed once per round (the order reversed
+    every other round). ``threads[i]``, if given, is the thread count ``fns[i]`` runs with.
+
+    Each timed call comes right after an untimed call of the same function: a training loop
+    runs its operations back to back, but here the other library ran in between, and its
+    worker threads are still spinning (OpenMP's wait policy) while ours have gone to sleep; on
+    this VM waking them costs milliseconds. Timing the first call after the switch measured
+    short operations several times slower than they run in a loop, by chance of order.
+    """
     threads = threads or [THREADS] * len(fns)
     times = [[] for _ in fns]
-    for fn, n in zip(fns, threads, strict=True):
-        with num_threads(n):
-            fn()
     for r in range(rounds):
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
         for i in order:
             with num_threads(threads[i]):
-                time.sleep(SETTLE_SECONDS)
+                fns[i]()
                 start = time.perf_counter()
                 fns[i]()
                 times[i].append(time.perf_counter() - start)
@@ -136,8 +131,8 @@ def machine(args):
         f"- machine: {cpu}, {os.cpu_count()} cores; load average at start {load}\n"
         f"- python {platform.python_version()}, fastconv {fastconv.__version__}, {versions}\n"
         f"- float32, NCHW, {THREADS} threads for both libraries, JIT compile excluded; "
-        f"fastconv and torch interleaved with a {SETTLE_SECONDS * 1e3:.0f} ms pause before each "
-        f"timed call, median of {args.rounds} rounds; ratios are "
+        f"fastconv and torch interleaved (each timed call right after an untimed one of the same "
+        f"function), median of {args.rounds} rounds; ratios are "
         f"fastconv time / other time (below 1: fastconv is faster)\n"
     )
 
