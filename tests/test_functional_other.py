@@ -193,3 +193,14 @@ def test_gradcheck_catches_a_wrong_gradient(rng):
     x = rng.standard_normal((3, 4))
     with pytest.raises(fastconv.GradcheckError, match="input 0"):
         fastconv.gradcheck(lambda x: (x**2, lambda g: (g * x,)), [x])  # should be 2*g*x
+
+
+def test_linear_gradcheck(rng):
+    x = rng.standard_normal((4, 3, 5))
+    w = rng.standard_normal((2, 5))
+    b = rng.standard_normal(2)
+
+    def fn(x, w, b):
+        return F.linear(x, w, b), lambda g: F.linear_backward(g, x, w)
+
+    assert fastconv.gradcheck(fn, [x, w, b])

@@ -910,3 +910,35 @@ def test_sequential_runs_relu_after_maxpool_with_identical_results(pool_args):
     want_grad = F.relu_backward(g1, x)
     np.testing.assert_array_equal(y, want)
     np.testing.assert_allclose(grad, want_grad, rtol=0, atol=0)
+
+
+def test_short_real_training_run_drives_the_loss_down():
+    """60 SGD steps of a small CNN on real FashionMNIST images (skipped without the data)."""
+    from fastconv import datasets, optim
+
+    try:
+        images, labels = datasets.fashion_mnist("train", download=False)
+    except (FileNotFoundError, RuntimeError) as err:
+        pytest.skip(f"FashionMNIST not installed: {err}")
+    x = ((images[:3840] / 255.0 - 0.2860) / 0.3530).astype(np.float32)[:, None]
+    y = labels[:3840]
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, rng=0),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 14 * 14, 10, rng=1),
+    )
+    crit = nn.CrossEntropyLoss()
+    opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for xb, yb in datasets.DataLoader(x, y, batch_size=64, seed=0):
+        opt.zero_grad()
+        losses.append(crit(net(xb), yb))
+        net.backward(crit.backward())
+        opt.step()
+    assert len(losses) == 60
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    net.eval()
+    accuracy = np.mean(net(x[:1000]).argmax(axis=1) == y[:1000])
+    assert accuracy > 0.7
