@@ -11,8 +11,9 @@ import numbers
 import numba
 import numpy as np
 
-# Not ``fastmath=True``: its ``nnan``/``ninf`` flags let LLVM assume there is no NaN or inf, which
-# silently breaks max pooling's ``-inf`` start value and NaN propagation. These three are safe:
+# Not the blanket fastmath option: its ``nnan``/``ninf`` flags let LLVM assume there is no NaN
+# or inf, which silently breaks max pooling's ``-inf`` start value and NaN propagation. These
+# three are safe:
 # ``reassoc`` lets LLVM vectorise sums, ``contract`` allows fused multiply-add, ``nsz`` ignores the
 # sign of zero. Results still match the float64 reference to ~1e-12.
 FASTMATH = frozenset({"reassoc", "contract", "nsz"})
