@@ -177,9 +177,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if _use_winograd(x.shape[1], weight, stride, dilation, groups, before):
         _winograd(x, weight, bias, before, y)
         return y
-    rows, samples = _tile_shape(x, weight, OH, OW, groups)
-    cols = _columns_workspace(x, weight, samples * rows * OW)
-    prod = np.empty((cols.shape[0], O // groups * samples * rows * OW), dtype=x.dtype)
+    rows = _tile_rows(x, weight, OH, OW)
+    cols = _columns_workspace(x, weight, rows * OW)
+    prod = np.empty((cols.shape[0], O // groups * rows * OW), dtype=x.dtype)
     with single_threaded_blas():
         kconv._conv2d_fwd_gemm(
             x,
@@ -187,7 +187,6 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             bias,
             (KH, KW, *stride, *before, *dilation, OH, OW),
             rows,
-            samples,
             cols,
             prod,
             y.reshape(N, groups, O // groups, OH * OW),
@@ -195,26 +194,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return y
 
 
-# The GEMM path unfolds a tile of output rows (or of whole small samples) at a time, so that
-# BLAS finds the columns still in cache: unfolding a whole 64-channel 56x56 sample (7 MB) made
-# the copies cost as much as the GEMM. Measured on the BENCHMARKS.md shapes: up to 1 MB of
-# columns, and up to 256 KB of product (per group), e.g. 2 samples for 1 -> 32 channels 28x28,
-# 16 rows for 64 -> 128 channels 56x56 stride 2 (thinner tiles made it 1.6x slower).
-_TILE_BYTES = 1 << 20
-_TILE_OUT_BYTES = 256 << 10
+# The GEMM path unfolds one sample at a time into a per-thread buffer, in tiles of output rows
+# only when a sample's columns exceed this budget (large images: a 64-channel 224x224 layer
+# would need 115 MB per sample). Measured on the BENCHMARKS.md shapes, whole samples were as
+# fast as or faster than tiles of rows (kept in L2) or of several small samples.
+_TILE_BYTES = 8 << 20
 
 
-def _tile_shape(x, weight, OH, OW, groups=1):
-    """(rows, samples) of a GEMM tile: as many output rows as the budgets allow, and if a whole
-    sample fits, as many whole samples (at least 1 of each)."""
+def _tile_rows(x, weight, OH, OW):
+    """Output rows per GEMM tile: all of them, unless a sample's columns exceed the budget."""
     R = x.shape[1] * weight.shape[2] * weight.shape[3]  # column rows, all groups
-    size = x.dtype.itemsize
-    width = max(
-        1, min(_TILE_BYTES // (R * size), _TILE_OUT_BYTES // (weight.shape[0] // groups * size))
-    )
-    rows = int(min(max(OH, 1), max(1, width // max(OW, 1))))
-    samples = 1 if rows < OH else int(min(max(x.shape[0], 1), max(1, width // max(OH * OW, 1))))
-    return rows, samples
+    per_row = max(1, R * OW * x.dtype.itemsize)
+    return int(min(max(OH, 1), max(1, _TILE_BYTES // per_row)))
 
 
 _workspaces = threading.local()
@@ -326,8 +317,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         _winograd_grad_weight(x, grad_out, before, grad_w)
         return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
     OH, OW = out_hw
-    rows, samples = _tile_shape(x, weight, OH, OW, groups)
-    width = samples * rows * OW
+    rows = _tile_rows(x, weight, OH, OW)
+    width = rows * OW
     cols = _columns_workspace(x, weight, width)
     T, Og, Rg = cols.shape[0], O // groups, Cg * KH * KW
     gw_part = np.empty((T, groups, Og, Rg), dtype=x.dtype)
@@ -339,7 +330,6 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
             _grouped_weight(weight, groups),
             (KH, KW, *stride, *before, *dilation, OH, OW),
             rows,
-            samples,
             cols,
             np.empty((T, Og * width), dtype=x.dtype),
             gw_part,

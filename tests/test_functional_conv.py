@@ -171,23 +171,21 @@ def test_col2im_is_adjoint_of_im2col(rng):
 
 
 @pytest.mark.parametrize(
-    "tile_bytes,expected",
-    [(1, (1, 1)), (2 * 27 * 6 * 6 * 8, (6, 2)), (10**9, (6, 5))],
-    ids=["one_row_per_tile", "two_samples_per_tile", "whole_chunk_per_tile"],
+    "tile_bytes,rows",
+    [(1, 1), (27 * 6 * 8 * 4, 4), (10**9, 6)],
+    ids=["one_row_per_tile", "ragged_tiles_of_4_rows", "whole_sample"],
 )
-def test_gemm_path_tiles(rng, monkeypatch, tile_bytes, expected):
-    """Tiles of single rows, or of several whole samples (with a ragged last group: 5 samples
-    in chunks of 2 and 3 at 2 threads) give the same result as the reference."""
+def test_gemm_path_row_tiles(rng, monkeypatch, tile_bytes, rows):
+    """Tiles of output rows (the last one shorter) give the same result as whole samples."""
     monkeypatch.setattr(F, "_TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(F, "_TILE_OUT_BYTES", 10**9)
     monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS", 10**9)
     x = rng.standard_normal((5, 3, 6, 6))
     w = rng.standard_normal((4, 3, 3, 3))
     b = rng.standard_normal(4)
-    assert F._tile_shape(x, w, 6, 6) == expected
-    with fastconv.threads(2):
-        y = F.conv2d(x, w, b, padding=1)
-        grads = F.conv2d_backward(y, x, w, padding=1)
+    assert F._tile_rows(x, w, 6, 6) == rows
+    y = F.conv2d(x, w, b, padding=1)
     assert_close64(y, R.conv2d(x, w, b, padding=1))
-    for got, want in zip(grads, R.conv2d_backward(y, x, w, padding=1), strict=True):
+    for got, want in zip(
+        F.conv2d_backward(y, x, w, padding=1), R.conv2d_backward(y, x, w, padding=1), strict=True
+    ):
         assert_close64(got, want)

@@ -174,11 +174,11 @@ def _conv2d_bwd_weight_direct(x, gy, sh, sw, ph, pw, dh, dw, groups, gw):
 
 
 @jit
-def _im2col_rows(x, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, cols, col0):
-    """cols[c*KH*KW + i*KW + j, col0 + (oh-oh0)*OW + ow] = x[c, ih, iw] for rows [oh0, oh1).
+def _im2col_rows(x, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, cols):
+    """cols[c*KH*KW + i*KW + j, (oh-oh0)*OW + ow] = x[c, ih, iw] for output rows [oh0, oh1).
 
-    x is one sample (C, H, W); cols has C*KH*KW rows in PyTorch's unfold order (several samples
-    may sit side by side in it, from column ``col0`` on); 0 where the tap is in the padding.
+    x is one sample (C, H, W); cols (C*KH*KW, (oh1-oh0)*OW), rows in PyTorch's unfold order;
+    0 where the tap falls in the padding.
     """
     C, H, W = x.shape
     OH = oh1  # rows past oh1 are not needed
@@ -188,7 +188,7 @@ def _im2col_rows(x, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, cols, col0):
         ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
         row = cols[r]
         for oh in range(oh0, oh1):
-            base = col0 + (oh - oh0) * OW
+            base = (oh - oh0) * OW
             if oh < oh_lo or oh >= oh_hi:
                 row[base : base + OW] = 0
                 continue
@@ -203,7 +203,7 @@ def _im2col_rows(x, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, cols, col0):
 
 
 @jit
-def _col2im_add_rows(cols, col0, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, x):
+def _col2im_add_rows(cols, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, x):
     """The adjoint of ``_im2col_rows``: add every column entry back where it was taken from."""
     C, H, W = x.shape
     for r in range(C * KH * KW):
@@ -212,7 +212,7 @@ def _col2im_add_rows(cols, col0, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, x
         ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
         row = cols[r]
         for oh in range(max(oh0, oh_lo), oh_hi):
-            base = col0 + (oh - oh0) * OW
+            base = (oh - oh0) * OW
             _axpy(
                 1.0,
                 row,
@@ -229,7 +229,7 @@ def _col2im_add_rows(cols, col0, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, x
 def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
     """cols[n] = im2col of x[n]; cols is (N, C*KH*KW, OH*OW), PyTorch's unfold layout."""
     for n in prange(x.shape[0]):
-        _im2col_rows(x[n], KH, KW, sh, sw, ph, pw, dh, dw, 0, OH, OW, cols[n], 0)
+        _im2col_rows(x[n], KH, KW, sh, sw, ph, pw, dh, dw, 0, OH, OW, cols[n])
 
 
 @pjit
@@ -237,20 +237,19 @@ def _col2im(cols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x):
     """x[n] = col2im of cols[n] (PyTorch's fold)."""
     for n in prange(x.shape[0]):
         _fill(x[n], 0)
-        _col2im_add_rows(cols[n], 0, KH, KW, sh, sw, ph, pw, dh, dw, 0, OH, OW, x[n])
+        _col2im_add_rows(cols[n], KH, KW, sh, sw, ph, pw, dh, dw, 0, OH, OW, x[n])
 
 
 # The GEMM path. The batch is split into one contiguous chunk of samples per thread t. Each
-# sample is unfolded into the thread's workspace ``cols[t]``, sized to stay in cache, a tile at
-# a time, and multiplied there with BLAS: a tile is ``rows`` output rows of one sample or, when
-# a whole sample is small, ``samples`` whole samples side by side (so each BLAS call has enough
-# work). BLAS runs inside ``prange``, so the caller must make it single-threaded
-# (``single_threaded_blas``) or the two thread pools oversubscribe the cores.
+# sample is unfolded into the thread's workspace ``cols[t]`` (a tile of ``rows`` output rows at
+# a time, so that large images need a bounded buffer) and multiplied there with BLAS. BLAS runs
+# inside ``prange``, so the caller must make it single-threaded (``single_threaded_blas``) or
+# the two thread pools oversubscribe the cores.
 # Shapes, with G groups: w (G, O/G, R/G), y and gy (N, G, O/G, OH*OW), workspaces flat per t.
 
 
 @pjit
-def _conv2d_fwd_gemm(x, w, b, geometry, rows, samples, cols, prod, y):
+def _conv2d_fwd_gemm(x, w, b, geometry, rows, cols, prod, y):
     """y[n, g] = w[g] @ im2col(x[n])[g] + b, tile by tile.
 
     ``geometry`` = (KH, KW, sh, sw, ph, pw, dh, dw, OH, OW). Workspaces per thread t: cols[t]
@@ -261,47 +260,29 @@ def _conv2d_fwd_gemm(x, w, b, geometry, rows, samples, cols, prod, y):
     N, T = x.shape[0], cols.shape[0]
     G, Og, Rg = w.shape
     for t in prange(T):
-        n_end = (t + 1) * N // T
-        for n0 in range(t * N // T, n_end, samples):
-            k = min(samples, n_end - n0)
+        for n in range(t * N // T, (t + 1) * N // T):
             for oh0 in range(0, OH, rows):
                 oh1 = min(OH, oh0 + rows)
                 l0, tl = oh0 * OW, (oh1 - oh0) * OW
-                width = k * tl
-                tile = cols[t, : G * Rg * width].reshape(G, Rg, width)
-                for j in range(k):
-                    _im2col_rows(
-                        x[n0 + j],
-                        KH,
-                        KW,
-                        sh,
-                        sw,
-                        ph,
-                        pw,
-                        dh,
-                        dw,
-                        oh0,
-                        oh1,
-                        OW,
-                        tile.reshape(G * Rg, width),
-                        j * tl,
-                    )
-                p = prod[t, : Og * width].reshape(Og, width)
+                tile = cols[t, : G * Rg * tl].reshape(G, Rg, tl)
+                _im2col_rows(
+                    x[n], KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, tile.reshape(G * Rg, tl)
+                )
+                p = prod[t, : Og * tl].reshape(Og, tl)
                 for g in range(G):
                     np.dot(w[g], tile[g], p)
-                    for j in range(k):
-                        for o in range(Og):
-                            dst, src, bo = y[n0 + j, g, o], p[o], b[g * Og + o]
-                            for l in range(tl):
-                                dst[l0 + l] = src[j * tl + l] + bo
+                    for o in range(Og):
+                        dst, src, bo = y[n, g, o], p[o], b[g * Og + o]
+                        for l in range(tl):
+                            dst[l0 + l] = src[l] + bo
 
 
 @pjit
-def _conv2d_bwd_gemm(x, gy, w, geometry, rows, samples, cols, gtile, gw_part, gw_tmp, gb_part, gx):
+def _conv2d_bwd_gemm(x, gy, w, geometry, rows, cols, gtile, gw_part, gw_tmp, gb_part, gx):
     """gx, and per-thread partial sums gw_part[t] / gb_part[t] (the caller adds them up).
 
     Per tile: gw[g] += gy[g] @ cols[g].T; then cols[g] is overwritten with w[g].T @ gy[g], the
-    gradient of the columns, which col2im adds into gx. Tiles as in ``_conv2d_fwd_gemm``.
+    gradient of the columns, which col2im adds into gx[n]. Tiles as in ``_conv2d_fwd_gemm``.
     """
     KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geometry
     N, T = x.shape[0], cols.shape[0]
@@ -310,60 +291,27 @@ def _conv2d_bwd_gemm(x, gy, w, geometry, rows, samples, cols, gtile, gw_part, gw
         gw, tmp, gb = gw_part[t], gw_tmp[t], gb_part[t]
         _fill(gw, 0)
         _fill(gb, 0)
-        n_end = (t + 1) * N // T
-        for n0 in range(t * N // T, n_end, samples):
-            k = min(samples, n_end - n0)
-            for j in range(k):
-                _fill(gx[n0 + j], 0)
+        for n in range(t * N // T, (t + 1) * N // T):
+            _fill(gx[n], 0)
             for oh0 in range(0, OH, rows):
                 oh1 = min(OH, oh0 + rows)
                 l0, tl = oh0 * OW, (oh1 - oh0) * OW
-                width = k * tl
-                tile = cols[t, : G * Rg * width].reshape(G, Rg, width)
-                for j in range(k):
-                    _im2col_rows(
-                        x[n0 + j],
-                        KH,
-                        KW,
-                        sh,
-                        sw,
-                        ph,
-                        pw,
-                        dh,
-                        dw,
-                        oh0,
-                        oh1,
-                        OW,
-                        tile.reshape(G * Rg, width),
-                        j * tl,
-                    )
-                g_out = gtile[t, : Og * width].reshape(Og, width)
+                tile = cols[t, : G * Rg * tl].reshape(G, Rg, tl)
+                _im2col_rows(
+                    x[n], KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, tile.reshape(G * Rg, tl)
+                )
+                g_out = gtile[t, : Og * tl].reshape(Og, tl)
                 for g in range(G):
-                    for j in range(k):  # this tile of gy, made contiguous for BLAS
-                        for o in range(Og):
-                            src, dst = gy[n0 + j, g, o], g_out[o]
-                            acc = 0.0
-                            for l in range(tl):
-                                dst[j * tl + l] = src[l0 + l]
-                                acc += src[l0 + l]
-                            gb[g * Og + o] += acc
+                    for o in range(Og):  # this tile of gy, made contiguous for BLAS
+                        src, dst = gy[n, g, o], g_out[o]
+                        acc = 0.0
+                        for l in range(tl):
+                            dst[l] = src[l0 + l]
+                            acc += src[l0 + l]
+                        gb[g * Og + o] += acc
                     np.dot(g_out, tile[g].T, tmp)
                     _add(gw[g], tmp)
                     np.dot(w[g].T, g_out, tile[g])
-                for j in range(k):
-                    _col2im_add_rows(
-                        tile.reshape(G * Rg, width),
-                        j * tl,
-                        KH,
-                        KW,
-                        sh,
-                        sw,
-                        ph,
-                        pw,
-                        dh,
-                        dw,
-                        oh0,
-                        oh1,
-                        OW,
-                        gx[n0 + j],
-                    )
+                _col2im_add_rows(
+                    tile.reshape(G * Rg, tl), KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, gx[n]
+                )
