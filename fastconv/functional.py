@@ -216,9 +216,8 @@ def _columns_workspace(x, weight, tile_len):
 
     Reused between calls (per Python thread) rather than allocated each time.
     """
-    O, Cg, KH, KW = weight.shape
-    C = x.shape[1]
-    shape = (min(get_num_threads(), max(x.shape[0], 1)), C * KH * KW * tile_len)
+    KH, KW = weight.shape[2:]
+    shape = (min(get_num_threads(), max(x.shape[0], 1)), x.shape[1] * KH * KW * tile_len)
     cache = getattr(_workspaces, "cols", None)
     if cache is None or cache.dtype != x.dtype or cache.size < math.prod(shape):
         cache = _workspaces.cols = np.empty(math.prod(shape), dtype=x.dtype)
@@ -272,6 +271,11 @@ def _winograd_grad_weight(x, grad_out, before, grad_w):
     kwino._winograd_weights_grad(dU.sum(axis=0), grad_w)
 
 
+def _bias_grad(grad_out):
+    """Sum of grad_out over (N, H, W), accumulated in float64 as the GEMM path's kernel does."""
+    return grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(grad_out.dtype)
+
+
 def _grouped_weight(weight, groups):
     """OIHW -> (groups, O/groups, C/groups*kH*kW): each group's GEMM operand, contiguous."""
     O = weight.shape[0]
@@ -307,7 +311,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
             grad_out, weight, *stride, *before, *dilation, groups, grad_x
         )
         kconv._conv2d_bwd_weight_direct(x, grad_out, *stride, *before, *dilation, groups, grad_w)
-        return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
+        return grad_x, grad_w, _bias_grad(grad_out)
     if _use_winograd(C, weight, stride, dilation, groups, before):
         # The input gradient of a stride-1 3x3 conv is the full convolution of grad_out with the
         # flipped kernel (channels swapped): Winograd again, with padding 2 - pad on each side.
@@ -315,7 +319,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         _winograd(grad_out, flipped, np.zeros(C, x.dtype), (2 - before[0], 2 - before[1]), grad_x)
         grad_w = np.empty_like(weight)
         _winograd_grad_weight(x, grad_out, before, grad_w)
-        return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
+        return grad_x, grad_w, _bias_grad(grad_out)
     OH, OW = out_hw
     rows = _tile_rows(x, weight, OH, OW)
     width = rows * OW
