@@ -15,7 +15,7 @@ import threading
 import numpy as np
 from scipy.special import expit
 
-from fastconv._config import check_array, check_probability, pair
+from fastconv._checks import check_array, check_probability, generator, pair
 from fastconv._threads import get_num_threads, single_threaded_blas
 from fastconv.kernels import conv as kconv
 from fastconv.kernels import elementwise as kelem
@@ -808,12 +808,11 @@ def dropout(x, p, training, rng):
     """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1-p).
 
     Returns ``(y, mask)`` with ``y = x * mask``; ``mask`` holds 0 or 1/(1-p) (all ones when
-    not training or p == 0). ``rng`` is a ``numpy.random.Generator``.
+    not training or p == 0). ``rng`` is a ``numpy.random.Generator`` or an int seed.
     """
     x = check_array("input", x)
     p = check_probability("p", p)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    rng = generator(rng)
     if not training or p == 0.0:
         mask = np.ones_like(x)
     elif p == 1.0:

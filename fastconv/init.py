@@ -24,6 +24,8 @@ import numbers
 
 import numpy as np
 
+from fastconv._checks import generator
+
 __all__ = [
     "calculate_gain",
     "constant_",
@@ -291,8 +293,4 @@ def _float_array(array):
 
 
 def _generator(rng):
-    if rng is None:
-        return _rng
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
-    return rng
+    return generator(rng, default=_rng)

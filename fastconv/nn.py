@@ -12,7 +12,15 @@ import numpy as np
 
 import fastconv.functional as F
 from fastconv import init
-from fastconv._config import FLOAT_DTYPES, check_probability, pair
+from fastconv._checks import (
+    check_bool,
+    check_probability,
+    float_dtype,
+    generator,
+    pair,
+    pool_padding,
+    positive_int,
+)
 
 __all__ = [
     "Parameter",
@@ -383,7 +391,7 @@ class Module:
 
         Create optimisers after converting: their state keeps the old dtype.
         """
-        dtype = _float_dtype(dtype)
+        dtype = float_dtype(dtype)
         for module in self.modules():
             for param in module._parameters.values():
                 if param is not None:
@@ -446,56 +454,6 @@ class Module:
         return f"{type(self).__name__}({body})"
 
 
-# =============================================================================================
-# Argument checks shared by the layers
-# =============================================================================================
-
-
-def _positive_int(name, value):
-    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
-def _float_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
-    return dt
-
-
-def _generator(rng):
-    """``rng``: a ``numpy.random.Generator`` (used as is), an int seed, or None, which means
-    ``fastconv.init``'s default generator (reseeded by ``fastconv.init.manual_seed``)."""
-    if rng is None:
-        return init.get_rng()
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (numbers.Integral, np.integer)) and not isinstance(rng, bool):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")
-
-
-def _pool_padding(padding, kernel_size):
-    pad = pair("padding", padding, minimum=0)
-    kernel = pair("kernel_size", kernel_size, minimum=1)
-    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
-        raise ValueError(
-            f"padding must be at most half of kernel_size {kernel_size!r}, got {padding!r}"
-        )
-
-
 def _accumulate(param, grad):
     """``param.grad += grad``, creating ``param.grad`` (a copy) on the first backward."""
     if param.grad is None:
@@ -554,9 +512,9 @@ class Conv2d(Module):
         rng=None,
     ):
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.out_channels = _positive_int("out_channels", out_channels)
-        self.groups = _positive_int("groups", groups)
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
+        self.groups = positive_int("groups", groups)
         for name, channels in (
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
@@ -579,8 +537,8 @@ class Conv2d(Module):
             self.padding = padding
         else:
             self.padding = pair("padding", padding, minimum=0)
-        _check_bool("bias", bias)
-        dtype = _float_dtype(dtype)
+        check_bool("bias", bias)
+        dtype = float_dtype(dtype)
 
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         self.weight = Parameter(np.empty(shape, dtype))
@@ -588,7 +546,9 @@ class Conv2d(Module):
             "bias", Parameter(np.empty(self.out_channels, dtype)) if bias else None
         )
         fan_in = shape[1] * shape[2] * shape[3]
-        _reset_weight_and_bias(self.weight, self.bias, fan_in, _generator(rng))
+        _reset_weight_and_bias(
+            self.weight, self.bias, fan_in, generator(rng, default=init.get_rng())
+        )
 
     def _args(self):
         return self.stride, self.padding, self.dilation, self.groups
@@ -635,15 +595,17 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, *, rng=None):
         super().__init__()
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
-        _check_bool("bias", bias)
-        dtype = _float_dtype(dtype)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
+        check_bool("bias", bias)
+        dtype = float_dtype(dtype)
         self.weight = Parameter(np.empty((self.out_features, self.in_features), dtype))
         self.register_parameter(
             "bias", Parameter(np.empty(self.out_features, dtype)) if bias else None
         )
-        _reset_weight_and_bias(self.weight, self.bias, self.in_features, _generator(rng))
+        _reset_weight_and_bias(
+            self.weight, self.bias, self.in_features, generator(rng, default=init.get_rng())
+        )
 
     def forward(self, x):
         """(*, in_features) -> (*, out_features)."""
@@ -672,12 +634,12 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
-        self.num_features = _positive_int("num_features", num_features)
+        self.num_features = positive_int("num_features", num_features)
         if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0:
             raise ValueError(f"eps must be a positive float, got {eps!r}")
         self.eps = float(eps)
         self.momentum = check_probability("momentum", momentum)
-        dtype = _float_dtype(dtype)
+        dtype = float_dtype(dtype)
         C = self.num_features
         self.weight = Parameter(np.ones(C, dtype))
         self.bias = Parameter(np.zeros(C, dtype))
@@ -759,13 +721,13 @@ class MaxPool2d(Module):
         pair("kernel_size", kernel_size, minimum=1)
         if stride is not None:
             pair("stride", stride, minimum=1)
-        _pool_padding(padding, kernel_size)
+        pool_padding(padding, kernel_size)
         pair("dilation", dilation, minimum=1)
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
         self.dilation = dilation
-        self.ceil_mode = _check_bool("ceil_mode", ceil_mode)
+        self.ceil_mode = check_bool("ceil_mode", ceil_mode)
 
     def forward(self, x):
         y, indices = F.max_pool2d(
@@ -798,12 +760,12 @@ class AvgPool2d(Module):
         pair("kernel_size", kernel_size, minimum=1)
         if stride is not None:
             pair("stride", stride, minimum=1)
-        _pool_padding(padding, kernel_size)
+        pool_padding(padding, kernel_size)
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
-        self.ceil_mode = _check_bool("ceil_mode", ceil_mode)
-        self.count_include_pad = _check_bool("count_include_pad", count_include_pad)
+        self.ceil_mode = check_bool("ceil_mode", ceil_mode)
+        self.count_include_pad = check_bool("count_include_pad", count_include_pad)
 
     def _args(self):
         return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
@@ -864,7 +826,7 @@ class ReLU(Module):
 
     def __init__(self, inplace=False):
         super().__init__()
-        self.inplace = _check_bool("inplace", inplace)
+        self.inplace = check_bool("inplace", inplace)
 
     def forward(self, x):
         y = F.relu(x)
@@ -887,7 +849,7 @@ class LeakyReLU(Module):
         if not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool):
             raise TypeError(f"negative_slope must be a float, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
-        self.inplace = _check_bool("inplace", inplace)
+        self.inplace = check_bool("inplace", inplace)
 
     def forward(self, x):
         y = F.leaky_relu(x, self.negative_slope)
@@ -975,10 +937,10 @@ class Dropout(Module):
     def __init__(self, p=0.5, inplace=False, *, rng=None):
         super().__init__()
         self.p = check_probability("p", p)
-        self.inplace = _check_bool("inplace", inplace)
+        self.inplace = check_bool("inplace", inplace)
         if rng is None:
             rng = int(init.get_rng().integers(2**63))
-        self.rng = _generator(rng)
+        self.rng = generator(rng, default=init.get_rng())
 
     def forward(self, x):
         y, mask = F.dropout(x, self.p, self.training, self.rng)

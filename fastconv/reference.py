@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv._config import pair
+from fastconv._checks import pair
 
 __all__ = [
     "conv2d",

@@ -141,7 +141,8 @@ BAD_CALLS = [
         "running_mean",
     ),
     ("dropout_p", lambda: F.dropout(x4, 1.5, True, np.random.default_rng()), ValueError, "p"),
-    ("dropout_rng", lambda: F.dropout(x4, 0.5, True, 3), TypeError, "rng"),
+    ("dropout_rng", lambda: F.dropout(x4, 0.5, True, "3"), TypeError, "rng"),
+    ("dropout_rng_none", lambda: F.dropout(x4, 0.5, True, None), TypeError, "rng"),
     ("softmax_axis", lambda: F.softmax(logits, axis=2), ValueError, "axis"),
     ("ce_target_float", lambda: F.cross_entropy(logits, np.zeros(4)), TypeError, "target"),
     (

@@ -186,7 +186,9 @@ def test_errors():
     with pytest.raises(ValueError, match="nonlinearity"):
         init.kaiming_normal_(np.empty((3, 3)), nonlinearity="gelu")
     with pytest.raises(TypeError, match="rng"):
-        init.uniform_(np.empty(3), rng=0)
+        init.uniform_(np.empty(3), rng="0")
+    with pytest.raises(TypeError, match="rng"):
+        init.uniform_(np.empty(3), rng=True)
     with pytest.raises(TypeError, match="floating dtype"):
         init.normal_(np.zeros(3, dtype=np.int64))
     with pytest.raises(TypeError, match="array"):
@@ -195,3 +197,10 @@ def test_errors():
         init.normal_(np.empty(3), std=-1.0)
     with pytest.raises(ValueError, match="a <= b"):
         init.uniform_(np.empty(3), a=1.0, b=0.0)
+
+
+def test_int_seed_is_the_shared_rng_contract():
+    # One contract everywhere (init, nn layers, dropout): a Generator, an int seed, or None.
+    a = init.uniform_(np.empty(5), rng=7)
+    b = init.uniform_(np.empty(5), rng=np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
