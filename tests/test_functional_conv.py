@@ -6,6 +6,7 @@ from helpers import assert_close32, assert_close64
 
 import fastconv
 import fastconv.functional as F
+import fastconv.functional.conv as Fconv
 import fastconv.reference as R
 
 # (N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups)
@@ -36,8 +37,8 @@ PATHS = ["direct", "gemm", "winograd"]
 @pytest.fixture(params=PATHS)
 def conv_path(request, monkeypatch):
     path = request.param
-    monkeypatch.setattr(F, "_use_direct", lambda weight, groups: path == "direct")
-    monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
+    monkeypatch.setattr(Fconv, "_use_direct", lambda weight, groups: path == "direct")
+    monkeypatch.setattr(Fconv, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
     return path
 
 
@@ -110,8 +111,8 @@ def test_conv2d_backward_same_at_1_and_2_threads(rng, dtype, rtol):
         "direct": (x[:, :8], rng.standard_normal((24, 1, 3, 3)).astype(dtype), 8, 1),
     }
     for path, (xx, ww, groups, stride) in cases.items():
-        assert F._use_direct(ww, groups) == (path == "direct")
-        assert F._use_winograd(xx.shape[1], ww, (stride,) * 2, (1, 1), groups, (1, 1)) == (
+        assert Fconv._use_direct(ww, groups) == (path == "direct")
+        assert Fconv._use_winograd(xx.shape[1], ww, (stride,) * 2, (1, 1), groups, (1, 1)) == (
             path == "winograd"
         )
         g = go if stride == 1 else go[:, :, ::2, ::2]
@@ -177,12 +178,12 @@ def test_col2im_is_adjoint_of_im2col(rng):
 )
 def test_gemm_path_row_tiles(rng, monkeypatch, tile_bytes, rows):
     """Tiles of output rows (the last one shorter) give the same result as whole samples."""
-    monkeypatch.setattr(F, "_TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS", 10**9)
+    monkeypatch.setattr(Fconv, "_TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(Fconv, "_WINOGRAD_MIN_CHANNELS", 10**9)
     x = rng.standard_normal((5, 3, 6, 6))
     w = rng.standard_normal((4, 3, 3, 3))
     b = rng.standard_normal(4)
-    assert F._tile_rows(x, w, 6, 6) == rows
+    assert Fconv._tile_rows(x, w, 6, 6) == rows
     y = F.conv2d(x, w, b, padding=1)
     assert_close64(y, R.conv2d(x, w, b, padding=1))
     for got, want in zip(

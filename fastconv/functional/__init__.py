@@ -1,0 +1,63 @@
+"""Stateless operations with PyTorch's names and semantics (``import fastconv.functional as F``).
+
+Every function validates its arguments, normalises them, allocates the outputs and then calls a
+kernel from ``fastconv.kernels`` (or a few NumPy calls where NumPy is already the fast way).
+Arrays are NCHW; conv weights are OIHW ``(C_out, C_in // groups, kH, kW)``. float32 and float64
+are supported and outputs keep the input dtype.
+"""
+
+from fastconv.functional.activation import (
+    leaky_relu,
+    leaky_relu_backward,
+    relu,
+    relu_backward,
+    sigmoid,
+    sigmoid_backward,
+    tanh,
+    tanh_backward,
+)
+from fastconv.functional.conv import conv2d, conv2d_backward
+from fastconv.functional.dropout import dropout, dropout_backward
+from fastconv.functional.linear import linear, linear_backward
+from fastconv.functional.loss import cross_entropy, cross_entropy_backward, log_softmax, softmax
+from fastconv.functional.normalization import batch_norm, batch_norm_backward
+from fastconv.functional.pooling import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+)
+from fastconv.functional.unfold import col2im, im2col
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "linear",
+    "linear_backward",
+    "relu",
+    "relu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "dropout",
+    "dropout_backward",
+    "softmax",
+    "log_softmax",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "im2col",
+    "col2im",
+]

@@ -1,0 +1,64 @@
+"""Elementwise activations and their gradients (NumPy is already the fast way for most)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from fastconv._checks import check_array
+from fastconv._threads import get_num_threads
+from fastconv.kernels import elementwise as kelem
+
+
+def _check_pair(x, grad_out):
+    x = check_array("input", x)
+    grad_out = check_array("grad_out", grad_out, dtype=x.dtype)
+    if grad_out.shape != x.shape:
+        raise ValueError(f"grad_out must have the input's shape {x.shape}, got {grad_out.shape}")
+    return x, grad_out
+
+
+def relu(x):
+    """max(x, 0), NaN propagating."""
+    x = check_array("input", x)
+    y = np.empty_like(x)
+    kelem._relu_fwd(x.reshape(-1), y.reshape(-1), get_num_threads())
+    return y
+
+
+def relu_backward(grad_out, x):
+    """grad_out where x > 0 (and, as in PyTorch, where x is NaN), else 0."""
+    x, grad_out = _check_pair(x, grad_out)
+    grad_x = np.empty_like(x)
+    kelem._relu_bwd(grad_out.reshape(-1), x.reshape(-1), grad_x.reshape(-1), get_num_threads())
+    return grad_x
+
+
+def leaky_relu(x, negative_slope=0.01):
+    x = check_array("input", x)
+    return np.where(x > 0, x, x * x.dtype.type(negative_slope))
+
+
+def leaky_relu_backward(grad_out, x, negative_slope=0.01):
+    x, grad_out = _check_pair(x, grad_out)
+    return np.where(x > 0, grad_out, grad_out * x.dtype.type(negative_slope))
+
+
+def sigmoid(x):
+    return expit(check_array("input", x))
+
+
+def sigmoid_backward(grad_out, x):
+    x, grad_out = _check_pair(x, grad_out)
+    s = expit(x)
+    return grad_out * s * (1 - s)
+
+
+def tanh(x):
+    return np.tanh(check_array("input", x))
+
+
+def tanh_backward(grad_out, x):
+    x, grad_out = _check_pair(x, grad_out)
+    t = np.tanh(x)
+    return grad_out * (1 - t * t)
