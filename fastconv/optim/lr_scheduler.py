@@ -18,9 +18,11 @@ relative), but a rate set by hand between steps is overwritten here rather than 
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
+
+from fastconv._checks import positive_int
+from fastconv.optim.optimizer import _real
 
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR"]
 
@@ -45,7 +47,9 @@ class LRScheduler:
     #: Names of the subclass's settings, saved by ``state_dict``.
     _settings: tuple[str, ...] = ()
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer, **settings):
+        for name, value in self._check_settings(**settings).items():
+            setattr(self, name, value)
         groups = getattr(optimizer, "param_groups", None)
         if not isinstance(groups, list) or not all(
             isinstance(group, dict) and "lr" in group for group in groups
@@ -112,19 +116,17 @@ class LRScheduler:
                     f"{len(self.optimizer.param_groups)} parameter group(s)"
                 )
             lrs[key] = [float(v) for v in values]
-        settings = {}
-        for name in self._settings:
-            current = getattr(self, name)
-            value = np.asarray(source[name]).item()
-            settings[name] = int(value) if isinstance(current, int) else float(value)
-        self._check_settings(**settings)
+        settings = self._check_settings(
+            **{name: np.asarray(source[name]).item() for name in self._settings}
+        )
         self.last_epoch = int(np.asarray(source["last_epoch"]).item())
         self.base_lrs, self._last_lr = lrs["base_lrs"], lrs["last_lr"]
         for name, value in settings.items():
             setattr(self, name, value)
 
     def _check_settings(self, **settings):
-        """Raise if a setting is invalid (subclasses)."""
+        """The subclass's settings, checked and normalised (int or float), as a dict."""
+        return settings
 
 
 class StepLR(LRScheduler):
@@ -144,14 +146,13 @@ class StepLR(LRScheduler):
     _settings = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self._check_settings(step_size=step_size, gamma=gamma)
-        self.step_size = int(step_size)
-        self.gamma = float(gamma)
-        super().__init__(optimizer)
+        super().__init__(optimizer, step_size=step_size, gamma=gamma)
 
     def _check_settings(self, step_size, gamma):
-        _positive_int("step_size", step_size)
-        _nonnegative("gamma", gamma)
+        return {
+            "step_size": positive_int("step_size", step_size),
+            "gamma": _real("gamma", gamma, minimum=0.0),
+        }
 
     def _lr_at(self, base_lr, epoch):
         return base_lr * self.gamma ** (epoch // self.step_size)
@@ -175,29 +176,14 @@ class CosineAnnealingLR(LRScheduler):
     _settings = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        self._check_settings(T_max=T_max, eta_min=eta_min)
-        self.T_max = int(T_max)
-        self.eta_min = float(eta_min)
-        super().__init__(optimizer)
+        super().__init__(optimizer, T_max=T_max, eta_min=eta_min)
 
     def _check_settings(self, T_max, eta_min):
-        _positive_int("T_max", T_max)
-        _nonnegative("eta_min", eta_min)
+        return {
+            "T_max": positive_int("T_max", T_max),
+            "eta_min": _real("eta_min", eta_min, minimum=0.0),
+        }
 
     def _lr_at(self, base_lr, epoch):
         cosine = 1 + math.cos(math.pi * epoch / self.T_max)
         return self.eta_min + (base_lr - self.eta_min) * cosine / 2
-
-
-def _positive_int(name, value):
-    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-
-
-def _nonnegative(name, value):
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not value >= 0:  # `not >=` also rejects NaN
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
