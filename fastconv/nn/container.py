@@ -1,0 +1,133 @@
+"""Containers: ``Sequential`` and ``Residual``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fastconv._checks import is_int
+from fastconv.nn.activation import ReLU
+from fastconv.nn.module import Module
+from fastconv.nn.pooling import MaxPool2d
+
+
+def _check_no_shared_modules(container):
+    """Layers cache their last input for backward, so one instance used twice in a network
+    would backpropagate through the wrong input. Refuse that when a container is built."""
+    first_seen = {}
+    stack = [(type(container).__name__, container)]
+    while stack:
+        path, module = stack.pop()
+        if id(module) in first_seen:
+            raise ValueError(
+                f"the same {type(module).__name__} instance appears twice ({first_seen[id(module)]}"
+                f" and {path}); fastconv layers cache their input for backward, so use a separate "
+                "instance for each position"
+            )
+        first_seen[id(module)] = path
+        stack.extend((f"{path}.{name}", child) for name, child in module.named_children())
+
+
+class Sequential(Module):
+    """Run modules in order; backward runs their backwards in reverse order.
+
+    ``Sequential(m0, m1, ...)`` names the children "0", "1", ... (so state_dict keys are
+    "0.weight", ...); ``Sequential(OrderedDict(name=module, ...))`` uses the given names. Supports
+    ``len``, iteration, ``seq[i]`` and slicing (a new Sequential sharing the modules).
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], Mapping):
+            items = list(modules[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(modules)]
+        for name, module in items:
+            if not isinstance(module, Module):
+                raise TypeError(
+                    f"Sequential: module {name} must be a Module, got {type(module).__name__}"
+                )
+            self.add_module(name, module)
+        _check_no_shared_modules(self)
+
+    def _run_order(self):
+        """The modules in the order they run: as given, except that a ReLU followed by a
+        MaxPool2d runs after it.
+
+        ReLU is monotone, so ``max_pool(relu(x)) == relu(max_pool(x))``, and the gradients agree
+        too (where a window's max is positive both pick the same argmax; elsewhere both give 0).
+        Swapped, the ReLU and its backward touch a pooled tensor (4x smaller for 2x2 pooling)
+        instead of the conv output: the largest activation of a typical CNN.
+        """
+        order = list(self._modules.values())
+        for i in range(len(order) - 1):
+            if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2d:
+                order[i], order[i + 1] = order[i + 1], order[i]
+        return order
+
+    def forward(self, x):
+        order = self._run_order()
+        for module in order:
+            x = module(x)
+        self._ctx = order
+        return x
+
+    def backward(self, grad_out):
+        for module in reversed(self._saved()):
+            grad_out = module.backward(grad_out)
+        return grad_out
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        items = list(self._modules.items())
+        if isinstance(index, slice):
+            return Sequential(dict(items[index]))
+        if not is_int(index):
+            raise TypeError(f"Sequential indices must be ints or slices, got {index!r}")
+        if not -len(items) <= index < len(items):
+            raise IndexError(f"index {index} is out of range for a Sequential of {len(items)}")
+        return items[index][1]
+
+
+class Residual(Module):
+    """``y = block(x) + shortcut(x)``; the shortcut is the identity when None.
+
+    The shortcut must map x to the block's output shape (e.g. a 1x1 strided ``Conv2d`` when the
+    block changes channels or resolution). Backward sums the gradients of both paths.
+    state_dict keys are ``block.*`` and ``shortcut.*``.
+    """
+
+    def __init__(self, block, shortcut=None):
+        super().__init__()
+        if not isinstance(block, Module):
+            raise TypeError(f"block must be a Module, got {type(block).__name__}")
+        if shortcut is not None and not isinstance(shortcut, Module):
+            raise TypeError(f"shortcut must be a Module or None, got {type(shortcut).__name__}")
+        self.block = block
+        self.add_module("shortcut", shortcut)
+        _check_no_shared_modules(self)
+
+    def forward(self, x):
+        out = self.block(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        if np.shape(out) != np.shape(skip):
+            raise ValueError(
+                f"Residual: the block's output shape {np.shape(out)} differs from "
+                f"the shortcut's {np.shape(skip)}; give a shortcut that maps the "
+                "input to the block's output shape"
+            )
+        self._ctx = ()
+        return out + skip
+
+    def backward(self, grad_out):
+        self._saved()
+        grad_x = self.block.backward(grad_out)
+        if self.shortcut is None:
+            return grad_x + grad_out
+        return grad_x + self.shortcut.backward(grad_out)
