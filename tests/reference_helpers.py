@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+F = torch.nn.functional
 
 RTOL, ATOL = 1e-10, 1e-12
 SEED = 20240607  # the reference tests' own seed, apart from conftest's

@@ -11,12 +11,9 @@ import pathlib
 
 import numpy as np
 import pytest
-from reference_helpers import ATOL, RTOL, SEED, assert_close, to_torch
+from reference_helpers import ATOL, RTOL, SEED, F, assert_close, to_torch
 
 from fastconv import reference as R
-
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
 
 @pytest.fixture

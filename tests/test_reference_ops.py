@@ -4,12 +4,9 @@ against PyTorch in float64.
 
 import numpy as np
 import pytest
-from reference_helpers import ATOL, RTOL, SEED, assert_close, to_numpy, to_torch
+from reference_helpers import ATOL, RTOL, SEED, F, assert_close, to_numpy, to_torch, torch
 
 from fastconv import reference as R
-
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
 
 @pytest.fixture

@@ -2,12 +2,9 @@
 
 import numpy as np
 import pytest
-from reference_helpers import SEED, assert_close, permuted, to_torch
+from reference_helpers import SEED, F, assert_close, permuted, to_torch
 
 from fastconv import reference as R
-
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
 
 @pytest.fixture

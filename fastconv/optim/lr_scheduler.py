@@ -27,6 +27,10 @@ from fastconv.optim.optimizer import _real
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR"]
 
 
+def _nonnegative(name, value):
+    return _real(name, value, minimum=0.0)
+
+
 class LRScheduler:
     """Base class: sets each group's ``lr`` from its initial value and ``last_epoch``.
 
@@ -44,11 +48,12 @@ class LRScheduler:
         Number of ``step()`` calls so far.
     """
 
-    #: Names of the subclass's settings, saved by ``state_dict``.
-    _settings: tuple[str, ...] = ()
+    #: The subclass's settings, each with the check that validates and normalises it; they
+    #: become attributes and are saved by ``state_dict``.
+    _settings: dict = {}
 
     def __init__(self, optimizer, **settings):
-        for name, value in self._check_settings(**settings).items():
+        for name, value in self._check_settings(settings).items():
             setattr(self, name, value)
         groups = getattr(optimizer, "param_groups", None)
         if not isinstance(groups, list) or not all(
@@ -117,16 +122,16 @@ class LRScheduler:
                 )
             lrs[key] = [float(v) for v in values]
         settings = self._check_settings(
-            **{name: np.asarray(source[name]).item() for name in self._settings}
+            {name: np.asarray(source[name]).item() for name in self._settings}
         )
         self.last_epoch = int(np.asarray(source["last_epoch"]).item())
         self.base_lrs, self._last_lr = lrs["base_lrs"], lrs["last_lr"]
         for name, value in settings.items():
             setattr(self, name, value)
 
-    def _check_settings(self, **settings):
-        """The subclass's settings, checked and normalised (int or float), as a dict."""
-        return settings
+    def _check_settings(self, settings):
+        """``settings`` (a dict) checked and normalised to ints and floats."""
+        return {name: check(name, settings[name]) for name, check in self._settings.items()}
 
 
 class StepLR(LRScheduler):
@@ -143,16 +148,10 @@ class StepLR(LRScheduler):
         Factor applied every ``step_size`` epochs, >= 0.
     """
 
-    _settings = ("step_size", "gamma")
+    _settings = {"step_size": positive_int, "gamma": _nonnegative}
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         super().__init__(optimizer, step_size=step_size, gamma=gamma)
-
-    def _check_settings(self, step_size, gamma):
-        return {
-            "step_size": positive_int("step_size", step_size),
-            "gamma": _real("gamma", gamma, minimum=0.0),
-        }
 
     def _lr_at(self, base_lr, epoch):
         return base_lr * self.gamma ** (epoch // self.step_size)
@@ -173,16 +172,10 @@ class CosineAnnealingLR(LRScheduler):
         Minimum learning rate, >= 0.
     """
 
-    _settings = ("T_max", "eta_min")
+    _settings = {"T_max": positive_int, "eta_min": _nonnegative}
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         super().__init__(optimizer, T_max=T_max, eta_min=eta_min)
-
-    def _check_settings(self, T_max, eta_min):
-        return {
-            "T_max": positive_int("T_max", T_max),
-            "eta_min": _real("eta_min", eta_min, minimum=0.0),
-        }
 
     def _lr_at(self, base_lr, epoch):
         cosine = 1 + math.cos(math.pi * epoch / self.T_max)

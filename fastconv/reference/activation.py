@@ -4,17 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = [
-    "relu",
-    "relu_backward",
-    "leaky_relu",
-    "leaky_relu_backward",
-    "sigmoid",
-    "sigmoid_backward",
-    "tanh",
-    "tanh_backward",
-]
-
 
 def relu(x):
     """``max(x, 0)`` elementwise; NaN stays NaN as in PyTorch."""

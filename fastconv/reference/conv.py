@@ -7,8 +7,6 @@ import numpy as np
 from fastconv._checks import pair
 from fastconv.reference._geometry import check_fits, crop, out_size, pad, symmetric_pads, window
 
-__all__ = ["conv2d", "conv2d_backward"]
-
 
 def _conv_pads(padding, kernel_size, dilation):
     """``((top, bottom), (left, right))`` for a conv ``padding``: int, pair, "same" or "valid"."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["linear", "linear_backward"]
-
 
 def linear(x, weight, bias=None):
     """``y = x @ weight.T + bias``, as ``torch.nn.functional.linear``.

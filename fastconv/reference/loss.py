@@ -4,15 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = [
-    "dropout",
-    "dropout_backward",
-    "softmax",
-    "log_softmax",
-    "cross_entropy",
-    "cross_entropy_backward",
-]
-
 
 def dropout(x, p, training, rng):
     """Inverted dropout: zero each value with probability ``p``, scale the rest by ``1/(1-p)``.

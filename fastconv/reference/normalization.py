@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["batch_norm", "batch_norm_backward"]
-
 
 def _channel_axes(x):
     """Axes to reduce over (all but the channel axis 1) and a shape that broadcasts (C,) to x."""

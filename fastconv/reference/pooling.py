@@ -7,15 +7,6 @@ import numpy as np
 from fastconv._checks import pair, pool_padding
 from fastconv.reference._geometry import check_fits, out_size
 
-__all__ = [
-    "max_pool2d",
-    "max_pool2d_backward",
-    "avg_pool2d",
-    "avg_pool2d_backward",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool2d_backward",
-]
-
 
 def _pool_out_size(size, kernel, stride, padding, dilation, ceil_mode):
     """Output length along one axis, with PyTorch's pooling rule.

@@ -7,8 +7,6 @@ import numpy as np
 from fastconv._checks import pair
 from fastconv.reference._geometry import check_fits, crop, out_size, pad, symmetric_pads, window
 
-__all__ = ["im2col", "col2im"]
-
 
 def _unfold_geometry(height, width, kernel_size, stride, padding, dilation):
     """Normalise the arguments; return ``kernel_size, stride, pads, dilation, (H_out, W_out)``."""
