@@ -69,18 +69,22 @@ class LeakyReLU(_Elementwise):
 class Sigmoid(_Elementwise):
     """``1 / (1 + exp(-x))`` elementwise, any shape."""
 
+    _saves_output = True
+
     def _forward(self, x):
         return F.sigmoid(x)
 
-    def _backward(self, grad_out, x):
-        return F.sigmoid_backward(grad_out, x)
+    def _backward(self, grad_out, y):
+        return F._sigmoid_backward_from_output(grad_out, y)
 
 
 class Tanh(_Elementwise):
     """``tanh(x)`` elementwise, any shape."""
 
+    _saves_output = True
+
     def _forward(self, x):
         return F.tanh(x)
 
-    def _backward(self, grad_out, x):
-        return F.tanh_backward(grad_out, x)
+    def _backward(self, grad_out, y):
+        return F._tanh_backward_from_output(grad_out, y)

@@ -38,12 +38,23 @@ class MaxPool2d(Module):
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
 
     def forward(self, x):
-        y, indices = F.max_pool2d(x, *self._args())
-        self._ctx = (indices, x.shape)
+        if self.training:
+            y, indices = F.max_pool2d(x, *self._args())
+            self._ctx = (indices, x.shape)
+        else:
+            # Inference rarely backpropagates: no int64 index array; the argmax is found only
+            # if a backward follows.
+            y = F._max_pool2d_values(x, *self._args())
+            self._ctx = (x,)
         return y
 
     def backward(self, grad_out):
-        return F.max_pool2d_backward(grad_out, *self._saved())
+        ctx = self._saved()
+        if len(ctx) == 1:  # after an eval forward
+            (x,) = ctx
+            ctx = (F.max_pool2d(x, *self._args())[1], x.shape)
+        # The indices come from this layer's own forward: no need to scan their range.
+        return F._max_pool2d_backward_trusted(grad_out, *ctx)
 
     def extra_repr(self):
         return (
