@@ -53,6 +53,38 @@ def test_activations(rng, name):
     assert_close64(bwd(go, x), xt.grad)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_activation_backward_from_output(rng, name, dtype):
+    """The layers' private backward from the saved output equals the public one from x."""
+    fwd, bwd, _ = ACTIVATIONS[name]
+    from_output = getattr(F, f"_{name}_backward_from_output")
+    x = (rng.standard_normal((3, 4, 5)) * 5).astype(dtype)
+    x[0, 0, :3] = [-800.0, 800.0, 0.5]
+    go = rng.standard_normal(x.shape).astype(dtype)
+    got = from_output(go, fwd(x))
+    assert got.dtype == dtype
+    if dtype == np.float64:
+        assert_close64(got, bwd(go, x))
+    else:
+        assert_close32(got, bwd(go, x))
+    with pytest.raises(ValueError, match="output's shape"):
+        from_output(go[:1], fwd(x))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_backward_weight_gradient_at_1_and_2_threads(rng, threads):
+    """grad_weight is built from per-thread parts of the batch (no transposed copy)."""
+    x = rng.standard_normal((9, 7))
+    w = rng.standard_normal((4, 7))
+    go = rng.standard_normal((9, 4))
+    with fastconv.threads(threads):
+        gx, gw, gb = F.linear_backward(go, x, w)
+    assert_close64(gw, go.T @ x)
+    assert_close64(gx, go @ w)
+    assert gw.flags.c_contiguous and gw.shape == (4, 7)
+
+
 def test_relu_propagates_nan_like_torch():
     x = np.array([np.nan, -1.0, 0.0, 2.0])
     assert np.isnan(F.relu(x)[0])

@@ -161,3 +161,51 @@ def test_max_pool2d_backward_same_at_1_and_2_threads(rng):
     with fastconv.threads(2):
         two = F.max_pool2d_backward(go, idx, x.shape)
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("case", list(POOL_CASES.values()), ids=list(POOL_CASES))
+def test_max_pool2d_values_and_trusted_backward(rng, case):
+    """The layers' private entry points give exactly what the public functions give."""
+    N, C, H, W, k, s, p, d, ceil = case
+    x = _perm_input(rng, (N, C, H, W), np.float32)
+    y, idx = F.max_pool2d(x, k, s, p, d, ceil)
+    np.testing.assert_array_equal(F._max_pool2d_values(x, k, s, p, d, ceil), y)
+    go = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(
+        F._max_pool2d_backward_trusted(go, idx, x.shape), F.max_pool2d_backward(go, idx, x.shape)
+    )
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(padding=1)], ids=["inside", "padded"])
+def test_max_pool2d_values_nan_and_inf_like_indexed(kw):
+    """NaN propagates (the last NaN of a window is returned), an all -inf window gives -inf."""
+    x = np.arange(2 * 6 * 6, dtype=np.float32).reshape(1, 2, 6, 6)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 0, 4, 4] = np.nan
+    x[0, 0, 4, 5] = -np.nan  # a NaN of another sign: the last one is kept
+    x[0, 1, :3, :3] = -np.inf
+    y = F.max_pool2d(x, 3, 3, **kw)[0]
+    got = F._max_pool2d_values(x, 3, 3, **kw)
+    np.testing.assert_array_equal(got.view(np.uint32), y.view(np.uint32))  # NaN bits too
+    assert np.isnan(got[0, 0, 0, 0]) and np.isnan(got[0, 0, 1, 1])
+
+
+def test_max_pool2d_values_checks_like_max_pool2d():
+    x = np.zeros((1, 1, 4, 4))
+    for kw, error in [
+        (dict(kernel_size=2, padding=2), ValueError),
+        (dict(kernel_size=2, ceil_mode="yes"), TypeError),
+        (dict(kernel_size=0), ValueError),
+    ]:
+        with pytest.raises(error) as public:
+            F.max_pool2d(x, **kw)
+        with pytest.raises(error) as private:
+            F._max_pool2d_values(x, **kw)
+        assert str(private.value) == str(public.value)
+
+
+def test_max_pool2d_backward_trusted_checks_grad_out_shape(rng):
+    x = _perm_input(rng, (1, 2, 4, 4), np.float64)
+    y, idx = F.max_pool2d(x, 2)
+    with pytest.raises(ValueError, match="indices must have grad_out's shape"):
+        F._max_pool2d_backward_trusted(np.zeros((1, 2, 3, 2)), idx, x.shape)

@@ -7,6 +7,10 @@ are supported and outputs keep the input dtype.
 """
 
 from fastconv.functional.activation import (
+    _sigmoid_backward_from_output as _sigmoid_backward_from_output,
+)
+from fastconv.functional.activation import _tanh_backward_from_output as _tanh_backward_from_output
+from fastconv.functional.activation import (
     leaky_relu,
     leaky_relu_backward,
     relu,
@@ -22,6 +26,10 @@ from fastconv.functional.linear import linear, linear_backward
 from fastconv.functional.loss import cross_entropy, cross_entropy_backward, log_softmax, softmax
 from fastconv.functional.normalization import batch_norm, batch_norm_backward
 from fastconv.functional.pooling import (
+    _max_pool2d_backward_trusted as _max_pool2d_backward_trusted,
+)
+from fastconv.functional.pooling import _max_pool2d_values as _max_pool2d_values
+from fastconv.functional.pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
     avg_pool2d,
@@ -31,6 +39,10 @@ from fastconv.functional.pooling import (
 )
 from fastconv.functional.unfold import col2im, im2col
 
+# Also imported above, outside ``__all__``: the private entry points fastconv's own layers call
+# (``_max_pool2d_values``, ``_max_pool2d_backward_trusted``, ``_sigmoid_backward_from_output``,
+# ``_tanh_backward_from_output``). Each skips work a layer knows is not needed: the int64 indices
+# in eval mode, the range scan of indices its own forward produced, a second forward pass.
 __all__ = [
     "conv2d",
     "conv2d_backward",

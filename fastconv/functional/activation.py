@@ -10,11 +10,11 @@ from fastconv._threads import get_num_threads
 from fastconv.kernels import elementwise as kelem
 
 
-def _check_pair(x, grad_out):
-    x = check_array("input", x)
+def _check_pair(x, grad_out, name="input"):
+    x = check_array(name, x)
     grad_out = check_array("grad_out", grad_out, dtype=x.dtype)
     if grad_out.shape != x.shape:
-        raise ValueError(f"grad_out must have the input's shape {x.shape}, got {grad_out.shape}")
+        raise ValueError(f"grad_out must have the {name}'s shape {x.shape}, got {grad_out.shape}")
     return x, grad_out
 
 
@@ -50,8 +50,22 @@ def sigmoid(x):
 
 def sigmoid_backward(grad_out, x):
     x, grad_out = _check_pair(x, grad_out)
-    s = expit(x)
-    return grad_out * s * (1 - s)
+    return _sigmoid_grad(grad_out, expit(x))
+
+
+def _sigmoid_backward_from_output(grad_out, y):
+    """``sigmoid_backward`` from the saved output ``y = sigmoid(x)``, as PyTorch's autograd
+    does: no second pass of the forward (for layers that keep their output)."""
+    y, grad_out = _check_pair(y, grad_out, name="output")
+    return _sigmoid_grad(grad_out, y)
+
+
+def _sigmoid_grad(grad_out, y):
+    """grad_out * (1 - y) * y in PyTorch's order, with one temporary."""
+    grad_x = 1 - y
+    grad_x *= grad_out
+    grad_x *= y
+    return grad_x
 
 
 def tanh(x):
@@ -60,5 +74,18 @@ def tanh(x):
 
 def tanh_backward(grad_out, x):
     x, grad_out = _check_pair(x, grad_out)
-    t = np.tanh(x)
-    return grad_out * (1 - t * t)
+    return _tanh_grad(grad_out, np.tanh(x))
+
+
+def _tanh_backward_from_output(grad_out, y):
+    """``tanh_backward`` from the saved output ``y = tanh(x)`` (no second pass of the forward)."""
+    y, grad_out = _check_pair(y, grad_out, name="output")
+    return _tanh_grad(grad_out, y)
+
+
+def _tanh_grad(grad_out, y):
+    """grad_out * (1 - y*y) in PyTorch's order, with one temporary."""
+    grad_x = y * y
+    np.subtract(1, grad_x, out=grad_x)
+    grad_x *= grad_out
+    return grad_x

@@ -51,4 +51,15 @@ def linear_backward(grad_out, x, weight):
     g2 = grad_out.reshape(-1, weight.shape[0])
     x2 = x.reshape(-1, weight.shape[1])
     grad_x = _matmul(g2, weight).reshape(x.shape)
-    return grad_x, _matmul(g2.T, x2), g2.sum(axis=0)
+    return grad_x, _matmul_tn(g2, x2), g2.sum(axis=0)
+
+
+def _matmul_tn(a, b):
+    """a.T @ b for C-contiguous a (K, M) and b (K, N), without a transposed copy of ``a``:
+    each thread multiplies a chunk of the K rows, then the parts are added (as the conv
+    weight gradients add per-thread parts)."""
+    T = max(1, min(get_num_threads(), a.shape[0]))
+    parts = np.empty((T, a.shape[1], b.shape[1]), dtype=a.dtype)
+    with single_threaded_blas():
+        kmatmul._matmul_tn_parts(a, b, parts)
+    return parts[0] if T == 1 else parts.sum(axis=0)

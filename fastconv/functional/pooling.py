@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv._checks import check_array, pair
+from fastconv._checks import check_array, check_bool, pair, pool_padding
 from fastconv.functional._geometry import _check_shape
 from fastconv.kernels import pool as kpool
 
@@ -22,12 +22,9 @@ def _pool_output_size(size, k, stride, pad, dilation, ceil_mode):
 def _pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode):
     kernel = pair("kernel_size", kernel_size, minimum=1)
     stride = kernel if stride is None else pair("stride", stride, minimum=1)
-    padding = pair("padding", padding, minimum=0)
+    padding = pool_padding(padding, kernel_size)
     dilation = pair("dilation", dilation, minimum=1)
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"padding must be at most half of kernel_size {kernel}, got {padding}")
+    ceil_mode = check_bool("ceil_mode", ceil_mode)
     H, W = x_shape[2:]
     out = (
         _pool_output_size(H, kernel[0], stride[0], padding[0], dilation[0], ceil_mode),
@@ -58,6 +55,23 @@ def _planes(a):
     return a.reshape(-1, *a.shape[2:])
 
 
+def _max_pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """The checks of max pooling's forward, written once: returns the contiguous input, the
+    normalised geometry, the output shape and whether every window lies inside the input (then
+    the kernels without bounds arithmetic run)."""
+    x = check_array("input", x, ndim=4)
+    kernel, stride, padding, dilation, out_hw = _pool_geometry(
+        x.shape, kernel_size, stride, padding, dilation, ceil_mode
+    )
+    inside = all(
+        (o - 1) * s + (k - 1) * d < size and p == 0
+        for o, s, k, d, size, p in zip(
+            out_hw, stride, kernel, dilation, x.shape[2:], padding, strict=True
+        )
+    )
+    return x, (kernel, stride, padding, dilation), (*x.shape[:2], *out_hw), inside
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Max pooling, as ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
 
@@ -67,21 +81,12 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     indices : int64 (N, C, OH, OW), each the flat index ``ih*W + iw`` of the max in its plane.
         NaN propagates (a window holding NaN gives NaN).
     """
-    x = check_array("input", x, ndim=4)
-    kernel, stride, padding, dilation, out_hw = _pool_geometry(
-        x.shape, kernel_size, stride, padding, dilation, ceil_mode
+    x, (kernel, stride, padding, dilation), out_shape, inside = _max_pool_setup(
+        x, kernel_size, stride, padding, dilation, ceil_mode
     )
-    N, C = x.shape[:2]
-    y = np.empty((N, C, *out_hw), dtype=x.dtype)
-    indices = np.empty((N, C, *out_hw), dtype=np.int64)
-    H, W = x.shape[2:]
-    inside = all(
-        (o - 1) * s + (k - 1) * d < size and p == 0
-        for o, s, k, d, size, p in zip(
-            out_hw, stride, kernel, dilation, (H, W), padding, strict=True
-        )
-    )
-    if inside:  # every window lies in the input: the kernel without bounds checks
+    y = np.empty(out_shape, dtype=x.dtype)
+    indices = np.empty(out_shape, dtype=np.int64)
+    if inside:
         kpool._maxpool2d_fwd_inside(
             _planes(x), *kernel, *stride, *dilation, _planes(y), _planes(indices)
         )
@@ -90,6 +95,20 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
             _planes(x), *kernel, *stride, *padding, *dilation, _planes(y), _planes(indices)
         )
     return y, indices
+
+
+def _max_pool2d_values(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """The ``y`` of ``max_pool2d`` alone, without building the int64 indices (eval mode, where
+    no gradient is routed back). Same checks and the same values."""
+    x, (kernel, stride, padding, dilation), out_shape, inside = _max_pool_setup(
+        x, kernel_size, stride, padding, dilation, ceil_mode
+    )
+    y = np.empty(out_shape, dtype=x.dtype)
+    if inside:
+        kpool._maxpool2d_values_inside(_planes(x), *kernel, *stride, *dilation, _planes(y))
+    else:
+        kpool._maxpool2d_values(_planes(x), *kernel, *stride, *padding, *dilation, _planes(y))
+    return y
 
 
 def max_pool2d_backward(grad_out, indices, input_shape):
@@ -105,10 +124,7 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
         got = indices.dtype if isinstance(indices, np.ndarray) else type(indices).__name__
         raise TypeError(f"indices must be an int64 numpy.ndarray, got {got}")
-    if indices.shape != grad_out.shape:
-        raise ValueError(
-            f"indices must have grad_out's shape {grad_out.shape}, got {indices.shape}"
-        )
+    _check_indices_shape(indices, grad_out)
     if shape[:2] != grad_out.shape[:2]:
         raise ValueError(
             f"input_shape {shape} does not match grad_out's (N, C) {grad_out.shape[:2]}"
@@ -116,14 +132,30 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     plane = shape[2] * shape[3]
     if indices.size and (indices.min() < 0 or indices.max() >= plane):
         raise ValueError(f"indices must lie in [0, {plane}) for input_shape {shape}")
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
-    P = shape[0] * shape[1]
-    L = grad_out.shape[2] * grad_out.shape[3]
-    kpool._maxpool2d_bwd(
-        grad_out.reshape(P, L),
-        np.ascontiguousarray(indices).reshape(P, L),
-        grad_x.reshape(P, plane),
-    )
+    return _max_pool2d_bwd(grad_out, np.ascontiguousarray(indices), shape)
+
+
+def _max_pool2d_backward_trusted(grad_out, indices, input_shape):
+    """``max_pool2d_backward`` for the ``indices`` and ``input_shape`` of fastconv's own
+    ``max_pool2d`` (a layer's saved forward): no scan that every index is in range. Only
+    ``grad_out``, which comes from the caller, is checked."""
+    grad_out = check_array("grad_out", grad_out, ndim=4)
+    _check_indices_shape(indices, grad_out)
+    return _max_pool2d_bwd(grad_out, indices, input_shape)
+
+
+def _check_indices_shape(indices, grad_out):
+    if indices.shape != grad_out.shape:
+        raise ValueError(
+            f"indices must have grad_out's shape {grad_out.shape}, got {indices.shape}"
+        )
+
+
+def _max_pool2d_bwd(grad_out, indices, input_shape):
+    N, C, H, W = input_shape
+    grad_x = np.empty((N, C, H, W), dtype=grad_out.dtype)
+    P, L = N * C, grad_out.shape[2] * grad_out.shape[3]
+    kpool._maxpool2d_bwd(grad_out.reshape(P, L), indices.reshape(P, L), grad_x.reshape(P, H * W))
     return grad_x
 
 

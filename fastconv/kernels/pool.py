@@ -77,6 +77,76 @@ def _maxpool2d_fwd_inside(x, KH, KW, sh, sw, dh, dw, y, idx):
                 idx[p, oh, ow] = best_at
 
 
+@jit
+def _last_nan(plane, h0, w0, i_lo, i_hi, j_lo, j_hi, dh, dw):
+    """The last NaN among a window's taps, in visiting order (the value the indexed kernels
+    return for a window holding NaN). Only called for such windows."""
+    found = plane[h0 + i_lo * dh, w0 + j_lo * dw]
+    for i in range(i_lo, i_hi):
+        row = plane[h0 + i * dh]
+        for j in range(j_lo, j_hi):
+            v = row[w0 + j * dw]
+            if v != v:
+                found = v
+    return found
+
+
+# The values-only kernels below (eval mode: no gradient to route, so no int64 indices) give the
+# values of the indexed kernels above. Written with the indexed kernels' ``if v > best or v != v``
+# they ran 3x slower than those (LLVM made a branchy loop of it); a select for the max and a NaN
+# flag, with a rescan of the rare windows that hold NaN, runs as fast as the indexed kernels.
+
+
+@pjit
+def _maxpool2d_values(x, KH, KW, sh, sw, ph, pw, dh, dw, y):
+    """y = the values of ``_maxpool2d_fwd``, without its indices."""
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            i_lo, i_hi = _taps_inside(h0, H, dh, KH)
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                j_lo, j_hi = _taps_inside(w0, W, dw, KW)
+                best = plane[h0 + i_lo * dh, w0 + j_lo * dw]
+                nan = False
+                for i in range(i_lo, i_hi):
+                    row = plane[h0 + i * dh]
+                    for j in range(j_lo, j_hi):
+                        v = row[w0 + j * dw]
+                        best = v if v > best else best
+                        nan |= v != v
+                if nan:
+                    best = _last_nan(plane, h0, w0, i_lo, i_hi, j_lo, j_hi, dh, dw)
+                y[p, oh, ow] = best
+
+
+@pjit
+def _maxpool2d_values_inside(x, KH, KW, sh, sw, dh, dw, y):
+    """``_maxpool2d_values`` for windows that all lie inside the input."""
+    P = x.shape[0]
+    OH, OW = y.shape[1], y.shape[2]
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(OH):
+            h0 = oh * sh
+            for ow in range(OW):
+                w0 = ow * sw
+                best = plane[h0, w0]
+                nan = False
+                for i in range(KH):
+                    row = plane[h0 + i * dh]
+                    for j in range(KW):
+                        v = row[w0 + j * dw]
+                        best = v if v > best else best
+                        nan |= v != v
+                if nan:
+                    best = _last_nan(plane, h0, w0, 0, KH, 0, KW, dh, dw)
+                y[p, oh, ow] = best
+
+
 @pjit
 def _maxpool2d_bwd(gy, idx, gx):
     """gx[p, idx] += gy[p]: the gradient goes to each window's argmax (windows may overlap)."""
