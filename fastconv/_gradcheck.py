@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastconv._checks import generator
+
 
 class GradcheckError(AssertionError):
     """Raised when an analytic gradient disagrees with the finite-difference one."""
@@ -21,7 +23,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
     inputs : sequence of arrays (float arrays are copied to float64 and checked) or other values
         (passed through unchanged).
     eps, atol, rtol : step and tolerances; element passes if ``|a - n| <= atol + rtol * |n|``.
-    seed : seeds the random ``grad_out`` the scalar ``sum(output * grad_out)`` is built from.
+    seed : int seed or numpy.random.Generator for the random ``grad_out`` the scalar
+        ``sum(output * grad_out)`` is built from.
 
     Returns
     -------
@@ -33,7 +36,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
     ]
     out, backward = fn(*inputs)
     out = np.asarray(out, dtype=np.float64)
-    grad_out = np.random.default_rng(seed).standard_normal(out.shape)
+    grad_out = generator(seed, name="seed").standard_normal(out.shape)
     analytic = backward(grad_out)
     if not isinstance(analytic, (tuple, list)):
         analytic = (analytic,)

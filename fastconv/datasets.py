@@ -20,7 +20,6 @@ import errno
 import gzip
 import hashlib
 import math
-import numbers
 import os
 import secrets
 import urllib.request
@@ -28,6 +27,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from fastconv._checks import check_bool, generator, is_int
 
 __all__ = ["DataLoader", "DatasetNotFoundError", "fashion_mnist", "load_idx", "mnist"]
 
@@ -389,10 +390,11 @@ class DataLoader:
         Draw a new permutation of the samples at the start of every epoch (every ``iter()``).
     drop_last : bool
         Drop the last batch if it is smaller than ``batch_size``.
-    seed : int, sequence of ints, numpy.random.SeedSequence or Generator, optional
-        Seeds ``self.rng = np.random.default_rng(seed)``: the same seed gives the same sequence
-        of epochs. ``rng.bit_generator.state`` is a JSON-able dict, so a training script can
-        save and restore it to resume the exact sequence.
+    seed : numpy.random.Generator, int or None
+        fastconv's one generator contract: ``self.rng`` is the given generator (its stream
+        advances), a new one seeded with the int, or with None a fresh unseeded one. The same
+        seed gives the same sequence of epochs. ``rng.bit_generator.state`` is a JSON-able dict,
+        so a training script can save and restore it to resume the exact sequence.
 
     Notes
     -----
@@ -400,11 +402,8 @@ class DataLoader:
     """
 
     def __init__(self, x, y, batch_size, shuffle=True, drop_last=False, seed=None):
-        if (
-            not isinstance(batch_size, (numbers.Integral, np.integer))
-            or isinstance(batch_size, bool)
-            or batch_size <= 0
-        ):
+        # ValueError for every bad batch_size, not positive_int's TypeError, as PyTorch does.
+        if not is_int(batch_size) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim == 0 or y.ndim == 0:
@@ -417,9 +416,12 @@ class DataLoader:
             )
         self.x, self.y = x, y
         self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.rng = np.random.default_rng(seed)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.drop_last = check_bool("drop_last", drop_last)
+        # None means fresh entropy, not fastconv.init's generator: shuffling should not shift
+        # the stream that initialises the weights.
+        fresh = np.random.default_rng() if seed is None else None
+        self.rng = generator(seed, default=fresh, name="seed")
 
     def __len__(self) -> int:
         """Number of batches per epoch."""

@@ -2,9 +2,10 @@
 
 Every function fills a NumPy array in place and returns what it was given. It also accepts an
 object with a ``.data`` ndarray (such as :class:`fastconv.nn.Parameter`) and fills its ``.data``.
-Random values come from ``rng`` (a ``numpy.random.Generator``), by default this module's
-generator, which :func:`manual_seed` reseeds (the counterpart of ``torch.manual_seed`` for
-layer initialisation)::
+Random values come from ``rng``, fastconv's one generator contract: a ``numpy.random.Generator``
+(its stream advances), an int seed (a fresh generator), or None for this module's generator,
+which :func:`manual_seed` reseeds (the counterpart of ``torch.manual_seed`` for layer
+initialisation)::
 
     fastconv.init.manual_seed(0)
     model = build_model()  # same weights on every run
@@ -55,9 +56,12 @@ _LINEAR_FNS = (
 
 
 def manual_seed(seed):
-    """Reseed the default generator used when ``rng`` is None; return the new generator."""
+    """Reseed the default generator used when ``rng`` is None; return the new generator.
+
+    ``seed`` is an int, or a ``numpy.random.Generator`` that becomes the default itself.
+    """
     global _rng
-    _rng = np.random.default_rng(seed)
+    _rng = generator(seed, name="seed")
     return _rng
 
 
@@ -134,8 +138,8 @@ def uniform_(array, a=0.0, b=1.0, rng=None):
         Filled in place; floating dtype.
     a, b : float
         Bounds, ``a <= b``.
-    rng : numpy.random.Generator, optional
-        Source of randomness; default: the module's generator (see :func:`manual_seed`).
+    rng : numpy.random.Generator, int seed or None
+        Source of randomness; None: the module's generator (see :func:`manual_seed`).
 
     Returns
     -------
@@ -158,7 +162,7 @@ def normal_(array, mean=0.0, std=1.0, rng=None):
     mean : float
     std : float
         Standard deviation, >= 0.
-    rng : numpy.random.Generator, optional
+    rng : numpy.random.Generator, int seed or None
         Default: the module's generator.
 
     Returns
@@ -197,20 +201,14 @@ def xavier_uniform_(array, gain=1.0, rng=None):
         Weight of shape ``(out, in, *kernel)``, filled in place; floating dtype.
     gain : float, default 1.0
         Scaling factor, e.g. ``calculate_gain("tanh")``.
-    rng : numpy.random.Generator, optional
+    rng : numpy.random.Generator, int seed or None
         Default: the module's generator.
 
     Returns
     -------
     The ``array`` argument.
     """
-    target = _float_array(array)
-    if target.size == 0:
-        return array
-    fan_in, fan_out = _calculate_fan_in_and_fan_out(target)
-    bound = math.sqrt(3.0) * gain * math.sqrt(2.0 / (fan_in + fan_out))
-    uniform_(target, -bound, bound, rng=rng)
-    return array
+    return _fill_zero_mean(array, "uniform", lambda w: _xavier_std(w, gain), rng)
 
 
 def xavier_normal_(array, gain=1.0, rng=None):
@@ -218,12 +216,7 @@ def xavier_normal_(array, gain=1.0, rng=None):
 
     Parameters are as for :func:`xavier_uniform_`.
     """
-    target = _float_array(array)
-    if target.size == 0:
-        return array
-    fan_in, fan_out = _calculate_fan_in_and_fan_out(target)
-    normal_(target, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), rng=rng)
-    return array
+    return _fill_zero_mean(array, "normal", lambda w: _xavier_std(w, gain), rng)
 
 
 def kaiming_uniform_(array, a=0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
@@ -234,8 +227,8 @@ def kaiming_uniform_(array, a=0, mode="fan_in", nonlinearity="leaky_relu", rng=N
 
     Parameters
     ----------
-    array : ndarray or object with a ``.data`` ndarray
-        Weight of shape ``(out, in, *kernel)``, filled in place; floating dtype.
+    array, rng
+        As for :func:`xavier_uniform_`.
     a : float, default 0
         Negative slope of the leaky ReLU that follows (used only with ``"leaky_relu"``).
     mode : {"fan_in", "fan_out"}
@@ -243,20 +236,12 @@ def kaiming_uniform_(array, a=0, mode="fan_in", nonlinearity="leaky_relu", rng=N
         backward gradients.
     nonlinearity : str, default "leaky_relu"
         See :func:`calculate_gain`; ``"relu"`` or ``"leaky_relu"`` are the usual choices.
-    rng : numpy.random.Generator, optional
-        Default: the module's generator.
 
     Returns
     -------
     The ``array`` argument.
     """
-    target = _float_array(array)
-    if target.size == 0:
-        return array
-    std = calculate_gain(nonlinearity, a) / math.sqrt(_calculate_correct_fan(target, mode))
-    bound = math.sqrt(3.0) * std
-    uniform_(target, -bound, bound, rng=rng)
-    return array
+    return _fill_zero_mean(array, "uniform", lambda w: _kaiming_std(w, a, mode, nonlinearity), rng)
 
 
 def kaiming_normal_(array, a=0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
@@ -264,11 +249,34 @@ def kaiming_normal_(array, a=0, mode="fan_in", nonlinearity="leaky_relu", rng=No
 
     Parameters are as for :func:`kaiming_uniform_`.
     """
+    return _fill_zero_mean(array, "normal", lambda w: _kaiming_std(w, a, mode, nonlinearity), rng)
+
+
+def _xavier_std(weight, gain):
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(weight)
+    return gain * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def _kaiming_std(weight, a, mode, nonlinearity):
+    return calculate_gain(nonlinearity, a) / math.sqrt(_calculate_correct_fan(weight, mode))
+
+
+def _fill_zero_mean(array, distribution, std_of, rng):
+    """Fill with zero-mean values of standard deviation ``std_of(weight)``, in place.
+
+    ``"normal"`` draws from N(0, std**2); ``"uniform"`` from U(-bound, bound) with
+    ``bound = sqrt(3) * std``, the uniform distribution of that variance (as PyTorch computes
+    its bounds). An empty array is left alone: it has no fans to compute.
+    """
     target = _float_array(array)
     if target.size == 0:
         return array
-    std = calculate_gain(nonlinearity, a) / math.sqrt(_calculate_correct_fan(target, mode))
-    normal_(target, 0.0, std, rng=rng)
+    std = std_of(target)
+    if distribution == "uniform":
+        bound = math.sqrt(3.0) * std
+        uniform_(target, -bound, bound, rng=rng)
+    else:
+        normal_(target, 0.0, std, rng=rng)
     return array
 
 

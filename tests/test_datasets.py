@@ -466,3 +466,24 @@ def test_length_mismatch():
         ds.DataLoader(np.zeros((5, 2)), np.zeros(4), 2)
     with pytest.raises(ValueError, match="batch axis"):
         ds.DataLoader(np.float32(1.0), np.zeros(1), 2)
+
+
+def test_seed_follows_the_rng_contract():
+    # One contract everywhere: a Generator (used as is), an int seed, or None (fresh entropy).
+    x, y = make_xy(20)
+    gen = np.random.default_rng(5)
+    loader = ds.DataLoader(x, y, 4, seed=gen)
+    assert loader.rng is gen
+    first = np.concatenate([yb for _, yb in ds.DataLoader(x, y, 4, seed=5)])
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in loader]), first)
+    assert isinstance(ds.DataLoader(x, y, 4).rng, np.random.Generator)
+    for bad in ("5", 1.5, True, [1, 2]):
+        with pytest.raises(TypeError, match="seed"):
+            ds.DataLoader(x, y, 4, seed=bad)
+
+
+@pytest.mark.parametrize("name", ["shuffle", "drop_last"])
+def test_flags_must_be_bools(name):
+    x, y = make_xy(4)
+    with pytest.raises(TypeError, match=name):
+        ds.DataLoader(x, y, 2, **{name: 1})

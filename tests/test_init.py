@@ -204,3 +204,13 @@ def test_int_seed_is_the_shared_rng_contract():
     a = init.uniform_(np.empty(5), rng=7)
     b = init.uniform_(np.empty(5), rng=np.random.default_rng(7))
     np.testing.assert_array_equal(a, b)
+
+
+def test_manual_seed_follows_the_rng_contract():
+    generator = np.random.default_rng(3)
+    assert init.manual_seed(generator) is generator
+    assert init.get_rng() is generator
+    for bad in ("0", 1.5, None):
+        with pytest.raises(TypeError, match="seed"):
+            init.manual_seed(bad)
+    init.manual_seed(0)
