@@ -1,4 +1,5 @@
-"""The layer shapes of BENCHMARKS.md and, for each, a zero-argument call per library.
+"""The benchmark layer shapes (``benchmarks/README.md`` lists them) and, for each, a
+zero-argument call per library.
 
 ``make_op(shape, "fwd+bwd", "torch")`` returns a function that runs one forward and full
 backward pass on data allocated once beforehand, so timing it measures the op and nothing else.

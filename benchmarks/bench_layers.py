@@ -1,4 +1,6 @@
-"""conv2d and max_pool2d, forward and forward + full backward, on the shapes of BENCHMARKS.md.
+"""conv2d and max_pool2d, forward and forward + full backward, on the benchmark shapes.
+
+The shapes are listed in ``benchmarks/README.md`` (``_layers.SHAPES``).
 
 One benchmark group per op, pass and shape (e.g. ``conv2d fwd+bwd res_56``) holding fastconv,
 PyTorch and the NumPy reference, the latter on a smaller batch where its id says so

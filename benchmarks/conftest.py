@@ -6,7 +6,7 @@ import pytest
 
 import fastconv
 
-THREADS = 2  # BENCHMARKS.md: 2 threads for every library
+THREADS = 2  # every library gets 2 threads (benchmarks/README.md)
 REFERENCE_ROUNDS = 3  # the NumPy loops take up to a few seconds per call
 HERE = Path(__file__).parent
 
