@@ -62,40 +62,16 @@ from fastconv.reference.pooling import (
 )
 from fastconv.reference.unfold import col2im, im2col
 
+# The same public names as fastconv.functional (tests/test_reference.py checks it), by file.
 __all__ = [
-    # conv.py
-    "conv2d",
-    "conv2d_backward",
-    # pooling.py
-    "max_pool2d",
-    "max_pool2d_backward",
-    "avg_pool2d",
-    "avg_pool2d_backward",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool2d_backward",
-    # linear.py
-    "linear",
-    "linear_backward",
-    # activation.py
-    "relu",
-    "relu_backward",
-    "leaky_relu",
-    "leaky_relu_backward",
-    "sigmoid",
-    "sigmoid_backward",
-    "tanh",
-    "tanh_backward",
-    # normalization.py
-    "batch_norm",
-    "batch_norm_backward",
-    # loss.py
-    "dropout",
-    "dropout_backward",
-    "softmax",
-    "log_softmax",
-    "cross_entropy",
-    "cross_entropy_backward",
-    # unfold.py
-    "im2col",
-    "col2im",
-]
+    "conv2d", "conv2d_backward",  # conv.py
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",  # pooling.py
+    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+    "linear", "linear_backward",  # linear.py
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",  # activation.py
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "batch_norm", "batch_norm_backward",  # normalization.py
+    "dropout", "dropout_backward", "softmax", "log_softmax",  # loss.py
+    "cross_entropy", "cross_entropy_backward",
+    "im2col", "col2im",  # unfold.py
+]  # fmt: skip
