@@ -278,7 +278,11 @@ class Optimizer:
 
 
 def _real(name, value, minimum=None, below=None):
-    """``value`` as a Python float, checking ``minimum <= value < below``; errors name ``name``."""
+    """``value`` as a Python float, checking ``minimum <= value < below``; errors name ``name``.
+
+    Written once for the optimizers and the schedulers; ``fastconv._checks`` has no check of a
+    bounded real number yet (this is the candidate).
+    """
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
