@@ -1,25 +1,23 @@
-"""The three networks of BENCHMARKS.md for fastconv and for PyTorch, and one training step each.
+"""The three benchmark networks for fastconv and for PyTorch, and one training step each.
 
-The fastconv networks come from ``examples/train_fashion_mnist.py`` (``build_model``); the PyTorch
-ones below are the same layers. Imports happen inside the builders, so a subprocess that measures
-one library (start-up time, memory) loads only that library.
+The fastconv networks are ``fastconv.models``; the PyTorch ones below are the same layers
+(``tests/test_models.py`` checks that their state dicts match key for key). Imports happen inside
+the builders, so a subprocess that measures one library (start-up time, memory) loads only that
+library.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NETS = ("seed", "lenet", "bn")
 BATCH = 64
 STEPS_PER_EPOCH = math.ceil(60000 / BATCH)  # 938: FashionMNIST's train split, last batch short
-SGD_ARGS = {  # BENCHMARKS.md: seed plain SGD, lenet and bn SGD with momentum
+SGD_ARGS = {  # as the training example: seed plain SGD, lenet and bn SGD with momentum
     "seed": {"lr": 0.1},
     "lenet": {"lr": 0.05, "momentum": 0.9},
     "bn": {"lr": 0.05, "momentum": 0.9},
@@ -35,28 +33,21 @@ def synthetic_batch(n=BATCH, seed=0):
 def fastconv_trainer(name, seed=0):
     """``(model, train_step)``; ``train_step(x, y)`` runs forward, loss, backward and an SGD
     step on NumPy arrays and returns the loss."""
-    from fastconv import nn, optim
+    from fastconv import models, nn, optim, training
 
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    from train_fashion_mnist import build_model
-
-    model = build_model(name, seed=seed)
+    model = models.build(name, rng=seed)
     optimizer = optim.SGD(model.parameters(), **SGD_ARGS[name])
     criterion = nn.CrossEntropyLoss()
 
     def train_step(x, y):
-        loss = criterion(model(x), y)
-        optimizer.zero_grad()
-        model.backward(criterion.backward())
-        optimizer.step()
-        return loss
+        return training.train_step(model, criterion, optimizer, x, y)[0]
 
     return model, train_step
 
 
-def torch_trainer(name, seed=0):
-    """The PyTorch twin of ``fastconv_trainer``; ``train_step`` also takes NumPy arrays."""
+def torch_model(name, seed=0):
+    """The PyTorch twin of ``fastconv.models.build(name)`` (any of its names, not only ``NETS``),
+    initialised after ``torch.manual_seed(seed)``."""
     import torch
     from torch import nn
 
@@ -74,11 +65,43 @@ def torch_trainer(name, seed=0):
         layers = [*conv_block(1, 32), *conv_block(32, 64), nn.Flatten(),
                   *([nn.Dropout(0.25)] if bn else []),
                   nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10)]  # fmt: skip
+    elif name == "resnet":
+
+        class Residual(nn.Module):  # fastconv.nn.Residual: block(x) + shortcut(x)
+            def __init__(self, block, shortcut=None):
+                super().__init__()
+                self.block, self.shortcut = block, shortcut
+
+            def forward(self, x):
+                return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+
+        def res_block(c_in, c_out, stride):
+            body = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+                nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+            )  # fmt: skip
+            shortcut = None
+            if stride != 1 or c_in != c_out:
+                shortcut = nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+                )
+            return nn.Sequential(Residual(body, shortcut), nn.ReLU())
+
+        layers = [nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                  nn.MaxPool2d(2), res_block(32, 32, 1), res_block(32, 64, 2),
+                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]  # fmt: skip
     else:
-        raise ValueError(f"name must be one of {NETS}, got {name!r}")
-    model = nn.Sequential(*layers)
+        raise ValueError(f"name must be seed, lenet, bn or resnet, got {name!r}")
+    return nn.Sequential(*layers)
+
+
+def torch_trainer(name, seed=0):
+    """The PyTorch twin of ``fastconv_trainer``; ``train_step`` also takes NumPy arrays."""
+    import torch
+
+    model = torch_model(name, seed)
     optimizer = torch.optim.SGD(model.parameters(), **SGD_ARGS[name])
-    criterion = nn.CrossEntropyLoss()
+    criterion = torch.nn.CrossEntropyLoss()
 
     def train_step(x, y):
         loss = criterion(model(torch.from_numpy(x)), torch.from_numpy(y))

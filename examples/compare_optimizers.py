@@ -22,18 +22,12 @@ from pathlib import Path
 import numpy as np
 
 import fastconv
-from fastconv import nn
+from fastconv import models, nn
 from fastconv.datasets import DataLoader
-
-# The training script lives beside this one; make it importable however this file is run.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_fashion_mnist import (  # noqa: E402
+from fastconv.training import (
     DEFAULT_LR,
-    EXIT_USAGE,
-    MODELS,
     OPTIMIZERS,
     NonFiniteLossError,
-    build_model,
     evaluate,
     load_data,
     make_optimizer,
@@ -41,6 +35,7 @@ from train_fashion_mnist import (  # noqa: E402
     write_json,
 )
 
+EXIT_USAGE = 2  # bad option or no data
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 LABELS = {"sgd": "SGD", "momentum": "SGD + momentum 0.9", "adam": "Adam"}
 
@@ -48,10 +43,11 @@ LABELS = {"sgd": "SGD", "momentum": "SGD + momentum 0.9", "adam": "Adam"}
 def run(model_name, activation, optimizer_name, lr, data, args):
     """Train one configuration; return its per-step losses and per-epoch test accuracies."""
     x_train, y_train, x_test, y_test = data
-    model = build_model(model_name, ACTIVATIONS[activation], seed=args.seed)
+    model = models.build(model_name, ACTIVATIONS[activation], rng=args.seed)
     optimizer = make_optimizer(optimizer_name, model.parameters(), lr)
     criterion = nn.CrossEntropyLoss()
     loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
+    test_loader = DataLoader(x_test, y_test, 1000, shuffle=False)
     losses, test_acc, seconds = [], [], 0.0
     status = "ok"
     for epoch in range(1, args.epochs + 1):
@@ -66,7 +62,7 @@ def run(model_name, activation, optimizer_name, lr, data, args):
             print(f"{desc}: {status}", file=sys.stderr)
             break
         seconds += secs
-        test_acc.append(evaluate(model, x_test, y_test)[1])
+        test_acc.append(evaluate(model, test_loader)[1])
     return {
         "activation": activation,
         "optimizer": optimizer_name,
@@ -128,30 +124,51 @@ def plot(results, path: Path, steps_per_epoch: int, title: str) -> bool:
     return True
 
 
+DEFAULT = " (default: %(default)s)"  # argparse fills in the option's default
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--model", choices=MODELS, default="seed")
-    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--activations", nargs="+", choices=tuple(ACTIVATIONS), default=list(ACTIVATIONS)
+        "--model", choices=models.NAMES, default="seed", help="fastconv.models" + DEFAULT
     )
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--train-size", type=int, default=10000, help="first N training images")
-    p.add_argument("--test-size", type=int, default=10000, help="first N test images")
+    p.add_argument(
+        "--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS),
+        help="(default: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--activations", nargs="+", choices=tuple(ACTIVATIONS), default=list(ACTIVATIONS),
+        help="(default: all)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run" + DEFAULT)
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size" + DEFAULT)
+    p.add_argument(
+        "--train-size", type=int, default=10000, help="first N training images" + DEFAULT
+    )
+    p.add_argument("--test-size", type=int, default=10000, help="first N test images" + DEFAULT)
     p.add_argument(
         "--lr", nargs="+", default=[], metavar="OPT=LR",
-        help=f"override a learning rate, e.g. adam=3e-3; defaults {DEFAULT_LR}",
+        help="override a learning rate, e.g. adam=3e-3 (default: "
+        + ", ".join(f"{name}={lr:g}" for name, lr in DEFAULT_LR.items()) + ")",
     )  # fmt: skip
-    p.add_argument("--dataset", choices=("fashion-mnist", "mnist"), default="fashion-mnist")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/compare_optimizers.png"))
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--dataset",
+        choices=("fashion-mnist", "mnist"),
+        default="fashion-mnist",
+        help="data set" + DEFAULT,
+    )
+    p.add_argument(
+        "--data-dir",
+        help="directory with the IDX files (default: $FASTCONV_DATA, the user cache, "
+        "/usr/share/datasets, then a download)",
+    )
+    p.add_argument("--threads", type=int, help="kernel threads (default: numba's, all cores)")
+    p.add_argument("--seed", type=int, default=0, help="weights, shuffling and dropout" + DEFAULT)
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/compare_optimizers.png"),
+        help="figure; the numbers go to the same name with .json" + DEFAULT,
+    )  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     args.lrs = dict(DEFAULT_LR)
     for item in args.lr:
@@ -168,7 +185,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        data = load_data(args.data_dir, args.dataset, args.train_size, args.test_size)
+        data = load_data(args.dataset, args.data_dir, args.train_size, args.test_size)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

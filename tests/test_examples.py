@@ -1,22 +1,24 @@
 """Smoke tests of the example scripts on a tiny synthetic data set (no real data, no network).
 
 They run the scripts' ``main`` in process: a short training run, ``--resume``, a run that a
-huge learning rate drives to NaN, and the optimizer comparison.
+huge learning rate drives to NaN, the command line's help and errors, and the optimizer
+comparison. The networks and the loop themselves are tested in test_models.py and
+test_training.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastconv
-from fastconv import nn
+import fastconv.models
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 N_TRAIN, N_TEST = 96, 48
@@ -25,7 +27,6 @@ N_TRAIN, N_TEST = 96, 48
 def _load_script(name):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # compare_optimizers imports train_fashion_mnist by name
     spec.loader.exec_module(module)
     return module
 
@@ -77,7 +78,7 @@ def test_train_resume_and_nan_stop(train_script, data_dir, tmp_path, capsys):
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_s"):
         assert np.isfinite(history[0][key]), key
     assert 0 <= history[0]["test_acc"] <= 1
-    model = train_script.build_model("seed")
+    model = fastconv.models.seed()
     fastconv.load(model, out / "checkpoint.npz")  # a complete state dict for the same net
     with np.load(out / "optimizer.npz", allow_pickle=False) as npz:
         assert "param_groups.0.lr" in npz.files
@@ -125,32 +126,41 @@ def test_resume_without_state_and_missing_data(train_script, data_dir, tmp_path,
     assert "not found in root=" in err and "FASTCONV_DATA" in err
 
 
-@pytest.mark.parametrize("name", ["seed", "lenet", "bn", "resnet"])
-def test_models_forward_backward(train_script, name):
-    model = train_script.build_model(name, seed=1)
-    again = train_script.build_model(name, seed=1).state_dict()
-    for key, value in model.state_dict().items():  # same seed, same weights
-        np.testing.assert_array_equal(value, again[key], err_msg=key)
-    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
-    logits = model(x)
-    assert logits.shape == (2, 10) and logits.dtype == np.float32
-    criterion = nn.CrossEntropyLoss()
-    assert np.isfinite(criterion(logits, np.array([3, 7])))
-    model.backward(criterion.backward())
-    assert all(p.grad is not None and p.grad.shape == p.data.shape for p in model.parameters())
+@pytest.mark.parametrize("script", ["train_fashion_mnist", "compare_optimizers"])
+def test_help_shows_every_default(script, capsys):
+    with pytest.raises(SystemExit) as info:
+        _load_script(script).main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    options = re.findall(r"^  (--[a-z-]+)", text, flags=re.MULTILINE)
+    assert len(options) >= 12
+    # Each option's help, up to the next option: every one but the flags states its default.
+    for option, body in zip(
+        options, re.split(r"^  --[a-z-]+", text, flags=re.MULTILINE)[1:], strict=True
+    ):
+        if option not in ("--resume", "--no-progress"):
+            assert "(default:" in body, option
+    assert "None" not in text and "[]" not in text
 
 
-def test_plain_progress_without_tqdm(train_script, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
-    bar = train_script.Progress(total=2, desc="epoch 1/1")
-    bar.update(loss="1.0000")
-    bar.update(loss="0.5000")
-    bar.close()
-    err = capsys.readouterr().err
-    assert "\repoch 1/1 1/2 loss=1.0000" in err and err.endswith("\n")
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "-1"], "--lr must be positive, got -1.0"),
+        (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+        (["--threads", "100000"], "--threads must be at most"),
+        (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+    ],
+    ids=["lr", "batch-size", "threads", "model"],
+)
+def test_usage_errors_name_the_option(train_script, argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_script.main(argv)
+    assert info.value.code == train_script.EXIT_USAGE
+    assert message in capsys.readouterr().err
 
 
-def test_compare_optimizers(train_script, data_dir, tmp_path, capsys):
+def test_compare_optimizers(data_dir, tmp_path, capsys):
     compare = _load_script("compare_optimizers")
     out = tmp_path / "compare.png"
     code = compare.main(

@@ -219,3 +219,90 @@ def test_torch_loads_a_fastconv_checkpoint(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
     expected = tnet.eval()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(net.eval()(x), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# State dicts without a module: save(dict, path), load(path)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_state_dict_round_trip(tmp_path):
+    net = _trained(5)
+    state = {**net.state_dict(), "step": 7, "lr": 0.05, "flag": True}
+    path = tmp_path / "state.npz"
+    save(state, path)
+    loaded = load(path)
+    assert isinstance(loaded, dict) and list(loaded) == list(state)
+    for key, value in state.items():
+        assert loaded[key].dtype == np.asarray(value).dtype, key
+        np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+    assert load(path=str(path)).keys() == loaded.keys()
+    # A module's file read as a dict, and a dict's file loaded into a module, are the same.
+    save(net, tmp_path / "net.npz")
+    for key, value in load(tmp_path / "net.npz").items():
+        np.testing.assert_array_equal(value, net.state_dict()[key], err_msg=key)
+    save(net.state_dict(), tmp_path / "dict.npz")
+    assert (tmp_path / "dict.npz").read_bytes() == (tmp_path / "net.npz").read_bytes()
+    restored = _net(6)
+    load(restored, tmp_path / "dict.npz")
+    _assert_same_state(net, restored)
+    assert _leftovers(tmp_path) == []
+
+
+def test_optimizer_state_round_trip(tmp_path):
+    from fastconv import optim
+
+    net = _trained(1)
+    adam = optim.Adam(net.parameters(), lr=3e-3)
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    net.backward(np.ones_like(net(x)))
+    adam.step()
+    save(adam, tmp_path / "adam.npz")
+    fresh = optim.Adam(_net(2).parameters())
+    load(fresh, tmp_path / "adam.npz")
+    expected, actual = adam.state_dict(), fresh.state_dict()
+    assert sorted(actual) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(actual[key], value, err_msg=key)
+
+
+def test_state_dict_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "state.npz"
+    save({"a": np.arange(3), "b": np.ones(2)}, path)
+    before = path.read_bytes()
+    real_write = np.lib.format.write_array
+
+    def failing_write(member, array, *args, **kwargs):
+        if array.shape == (4,):  # the second entry: the disk "fills up" mid-archive
+            raise OSError(28, "No space left on device")
+        return real_write(member, array, *args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        save({"a": np.zeros(3), "b": np.zeros(4)}, path)
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "obj, match",
+    [
+        ({"a": np.array([None, 1], dtype=object)}, "entry 'a' must be an array of numbers"),
+        ({"a": {"nested": 1}}, "entry 'a' must be an array of numbers"),
+        ({3: np.zeros(2)}, "keys must be str, got 3"),
+        ([np.zeros(2)], "obj must be a module .* or a dict of arrays, got list"),
+    ],
+    ids=["object-array", "nested", "int-key", "list"],
+)
+def test_save_refuses_what_needs_pickle_before_writing(tmp_path, obj, match):
+    with pytest.raises(TypeError, match=match):
+        save(obj, tmp_path / "x.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_needs_a_path(tmp_path):
+    with pytest.raises(TypeError, match=r"load\(path\) or load\(module, path\)"):
+        load(_net(0))
+    with pytest.raises(TypeError, match="needs a path"):
+        load()
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "absent.npz")
