@@ -26,6 +26,7 @@ from fastconv import models, nn
 from fastconv.datasets import DataLoader
 from fastconv.training import (
     DEFAULT_LR,
+    NORMALISATION,
     OPTIMIZERS,
     NonFiniteLossError,
     evaluate,
@@ -151,17 +152,8 @@ def parse_args(argv=None):
         help="override a learning rate, e.g. adam=3e-3 (default: "
         + ", ".join(f"{name}={lr:g}" for name, lr in DEFAULT_LR.items()) + ")",
     )  # fmt: skip
-    p.add_argument(
-        "--dataset",
-        choices=("fashion-mnist", "mnist"),
-        default="fashion-mnist",
-        help="data set" + DEFAULT,
-    )
-    p.add_argument(
-        "--data-dir",
-        help="directory with the IDX files (default: $FASTCONV_DATA, the user cache, "
-        "/usr/share/datasets, then a download)",
-    )
+    p.add_argument("--dataset", choices=(*NORMALISATION,), default="fashion-mnist", help=DEFAULT)
+    p.add_argument("--data-dir", help="IDX files (default: the search of fastconv.datasets)")
     p.add_argument("--threads", type=int, help="kernel threads (default: numba's, all cores)")
     p.add_argument("--seed", type=int, default=0, help="weights, shuffling and dropout" + DEFAULT)
     p.add_argument(
