@@ -11,7 +11,7 @@ import numpy as np
 from fastconv._checks import check_array
 from fastconv._threads import get_num_threads, single_threaded_blas
 from fastconv.functional._geometry import _window_geometry
-from fastconv.kernels import conv as kconv
+from fastconv.kernels import conv_direct, conv_gemm
 from fastconv.kernels import winograd as kwino
 
 
@@ -86,7 +86,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     N = x.shape[0]
     y = np.empty((N, O, OH, OW), dtype=x.dtype)
     if _use_direct(weight, groups):
-        kconv._conv2d_fwd_direct(x, weight, bias, *stride, *before, *dilation, groups, y)
+        conv_direct._conv2d_fwd_direct(x, weight, bias, *stride, *before, *dilation, groups, y)
         return y
     if _use_winograd(x.shape[1], weight, stride, dilation, groups, before):
         _winograd(x, weight, bias, before, y)
@@ -95,7 +95,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     cols = _columns_workspace(x, weight, rows * OW)
     prod = np.empty((cols.shape[0], O // groups * rows * OW), dtype=x.dtype)
     with single_threaded_blas():
-        kconv._conv2d_fwd_gemm(
+        conv_gemm._conv2d_fwd_gemm(
             x,
             _grouped_weight(weight, groups),
             bias,
@@ -221,10 +221,12 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     grad_x = np.empty_like(x)
     if _use_direct(weight, groups):
         grad_w = np.empty_like(weight)
-        kconv._conv2d_bwd_input_direct(
+        conv_direct._conv2d_bwd_input_direct(
             grad_out, weight, *stride, *before, *dilation, groups, grad_x
         )
-        kconv._conv2d_bwd_weight_direct(x, grad_out, *stride, *before, *dilation, groups, grad_w)
+        conv_direct._conv2d_bwd_weight_direct(
+            x, grad_out, *stride, *before, *dilation, groups, grad_w
+        )
         return grad_x, grad_w, _bias_grad(grad_out)
     if _use_winograd(C, weight, stride, dilation, groups, before):
         # The input gradient of a stride-1 3x3 conv is the full convolution of grad_out with the
@@ -242,7 +244,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     gw_part = np.empty((T, groups, Og, Rg), dtype=x.dtype)
     gb_part = np.empty((T, O), dtype=np.float64)
     with single_threaded_blas():
-        kconv._conv2d_bwd_gemm(
+        conv_gemm._conv2d_bwd_gemm(
             x,
             grad_out.reshape(N, groups, Og, OH * OW),
             _grouped_weight(weight, groups),

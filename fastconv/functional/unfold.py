@@ -6,7 +6,7 @@ import numpy as np
 
 from fastconv._checks import check_array, pair
 from fastconv.functional._geometry import _check_shape, _window_geometry
-from fastconv.kernels import conv as kconv
+from fastconv.kernels import conv_gemm
 
 
 def _unfold_geometry(x_shape, kernel_size, stride, padding, dilation):
@@ -31,7 +31,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     )
     N, C = x.shape[:2]
     out = np.empty((N, C * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), dtype=x.dtype)
-    kconv._im2col(x, *kernel, *stride, *before, *dilation, *out_hw, out)
+    conv_gemm._im2col(x, *kernel, *stride, *before, *dilation, *out_hw, out)
     return out
 
 
@@ -55,5 +55,5 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
             f"cols must have shape {expected} for input_shape {shape}, got {cols.shape}"
         )
     x = np.empty(shape, dtype=cols.dtype)
-    kconv._col2im(cols, *kernel, *stride, *before, *dilation, *out_hw, x)
+    conv_gemm._col2im(cols, *kernel, *stride, *before, *dilation, *out_hw, x)
     return x

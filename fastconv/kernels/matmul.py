@@ -9,6 +9,7 @@ import numpy as np
 from numba import prange
 
 from fastconv._config import pjit
+from fastconv.kernels._util import _fill
 
 
 @pjit
@@ -36,4 +37,4 @@ def _matmul_tn_parts(a, b, parts):
         if k1 > k0:
             np.dot(a[k0:k1].T, b[k0:k1], parts[t])
         else:
-            parts[t, :, :] = 0
+            _fill(parts[t], 0)

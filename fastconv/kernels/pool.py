@@ -7,7 +7,7 @@ covers the whole batch. Window of output (oh, ow): rows ``oh*sh - ph + i*dh`` fo
 from numba import prange
 
 from fastconv._config import jit, pjit
-from fastconv.kernels.conv import _fill
+from fastconv.kernels._util import _fill
 
 
 @jit

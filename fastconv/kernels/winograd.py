@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from fastconv._config import jit, pjit
-from fastconv.kernels.conv import _add, _fill
+from fastconv.kernels._util import _add, _fill
 
 
 @pjit
