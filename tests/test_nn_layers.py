@@ -2,6 +2,7 @@
 default initialisation, and what a layer keeps between forward and backward."""
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -116,6 +117,13 @@ LAYER_CASES = {
     "maxpool": _stateless_case(
         lambda: nn.MaxPool2d(3, 2, 1, 1, True), (2, 3, 9, 8), _maxpool_forward, _maxpool_backward
     ),
+    # In eval the layer computes values only; a backward still gives the same gradient.
+    "maxpool_eval": _stateless_case(
+        lambda: nn.MaxPool2d(3, 2, 1, 1, True).eval(),
+        (2, 3, 9, 8),
+        _maxpool_forward,
+        _maxpool_backward,
+    ),
     "avgpool": _stateless_case(
         lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
         (2, 3, 9, 8),
@@ -229,6 +237,70 @@ def test_dropout_eval_is_identity_and_seed_reproducible(rng):
     zeroed = (a(x) == 0).mean()
     assert 0.35 < zeroed < 0.65
     np.testing.assert_array_equal(a.eval()(x), x)
+
+
+def _peak_bytes(fn, *args):
+    """The result of ``fn(*args)`` and the most memory allocated while it ran (numpy reports
+    its array buffers to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        return fn(*args), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("p, training", [(0.5, False), (0.0, True)], ids=["eval", "p0"])
+def test_dropout_identity_allocates_no_mask(p, training, rng):
+    layer = nn.Dropout(p, rng=3).train(training)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    state = layer.rng.bit_generator.state
+    y, peak = _peak_bytes(layer, x)
+    assert y is x  # passed through, as torch.nn.Dropout does in eval
+    assert peak < x.nbytes // 8  # no mask and no product were allocated
+    grad, peak = _peak_bytes(layer.backward, g)
+    np.testing.assert_array_equal(grad, g)
+    assert peak < x.nbytes // 8
+    assert layer.rng.bit_generator.state == state  # no random numbers drawn
+
+
+def test_maxpool_eval_builds_no_indices(rng):
+    # A permutation: no tied maxima, so the argmax is unambiguous.
+    x = rng.permutation(8 * 16 * 32 * 32).reshape(8, 16, 32, 32).astype(np.float32)
+    layer = nn.MaxPool2d(2)
+    layer(x)  # compile the kernels outside the measurement
+    layer.eval()(x)
+    y, peak = _peak_bytes(layer, x)
+    np.testing.assert_array_equal(y, F.max_pool2d(x, 2)[0])
+    # int64 indices would take twice the float32 output's bytes on top of it.
+    assert peak < 1.5 * y.nbytes
+    y_train, peak_train = _peak_bytes(layer.train(), x)
+    assert peak_train >= 3 * y.nbytes  # the measurement sees the indices when they are built
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_sigmoid_tanh_backward_from_saved_output(name, dtype, rng):
+    """The layers keep their output and take the gradient from it; the result is the old
+    formula's, computed from the input."""
+    x = (3 * rng.standard_normal((6, 7))).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    x0 = x.astype(np.float64)
+    if name == "sigmoid":
+        layer, old = nn.Sigmoid(), F.sigmoid_backward
+        s = 1 / (1 + np.exp(-x0))
+        formula = g * s * (1 - s)
+    else:
+        layer, old = nn.Tanh(), F.tanh_backward
+        formula = g * (1 - np.tanh(x0) ** 2)
+    expected = old(g, x.copy())
+    layer(x)
+    x[...] = 0  # the layer kept its output, not its input: this changes nothing
+    grad = layer.backward(g)
+    assert grad.dtype == dtype
+    rtol = 1e-14 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(grad, expected, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(grad, formula, rtol=rtol * 10, atol=rtol * 10)
 
 
 def test_adaptive_avg_pool_none_keeps_input_size(rng):

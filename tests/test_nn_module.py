@@ -67,6 +67,92 @@ def test_backward_accumulates_and_zero_grad_clears(rng):
         np.testing.assert_allclose(p.grad, once[name], rtol=1e-12, err_msg=name)
 
 
+def test_accumulate_keeps_a_fresh_gradient_and_copies_a_view():
+    from fastconv.nn.module import _accumulate
+
+    p = nn.Parameter(np.zeros((2, 3)))
+    fresh = np.ones((2, 3))
+    _accumulate(p, fresh)
+    assert p.grad is fresh  # no copy: a functional backward returns a new array each time
+    _accumulate(p, np.ones((2, 3)))
+    np.testing.assert_array_equal(p.grad, 2)
+
+    q = nn.Parameter(np.zeros(3))
+    owner = np.arange(6.0).reshape(2, 3)
+    _accumulate(q, owner[1])  # a view of something else: copied
+    assert not np.shares_memory(q.grad, owner)
+    owner[:] = -1
+    np.testing.assert_array_equal(q.grad, [3, 4, 5])
+
+    r = nn.Parameter(np.zeros(3, np.float32))
+    _accumulate(r, np.ones(3))  # another dtype: converted
+    assert r.grad.dtype == np.float32
+
+
+# Every layer with parameters, on each convolution path (direct for depthwise, Winograd for 3x3
+# stride 1 with >= 16 channels, GEMM otherwise) and with a batch of one (where a bias gradient
+# is a sum over a single row).
+PARAM_LAYERS = {
+    "conv_gemm": (lambda: nn.Conv2d(3, 5, 3, stride=2, dtype=np.float64, rng=0), (2, 3, 7, 7)),
+    "conv_direct": (
+        lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4, dtype=np.float64, rng=0),
+        (2, 4, 5, 5),
+    ),
+    "conv_winograd": (
+        lambda: nn.Conv2d(16, 16, 3, padding=1, dtype=np.float64, rng=0),
+        (2, 16, 6, 6),
+    ),
+    "conv_n1_1x1": (lambda: nn.Conv2d(3, 2, 3, dtype=np.float64, rng=0), (1, 3, 3, 3)),
+    "linear": (lambda: nn.Linear(5, 3, dtype=np.float64, rng=0), (4, 2, 5)),
+    "linear_n1": (lambda: nn.Linear(5, 3, dtype=np.float64, rng=0), (1, 5)),
+    "bn2d": (lambda: nn.BatchNorm2d(3, dtype=np.float64), (4, 3, 2, 2)),
+    "bn1d": (lambda: nn.BatchNorm1d(3, dtype=np.float64), (4, 3)),
+}
+
+
+@pytest.mark.parametrize("name", PARAM_LAYERS)
+def test_kept_gradients_alias_nothing(name, rng):
+    """_accumulate keeps the functional backward's arrays: over two backwards (different
+    inputs), and with other calls of the same ops in between, each parameter's gradient is
+    the sum of both, and writing to it or to the arrays a backward returned changes only that
+    array."""
+    make, shape = PARAM_LAYERS[name]
+    layer = make()
+    initial = copy.deepcopy(layer)
+
+    def grads_of_one_step(x, g):
+        clone = copy.deepcopy(initial)  # runs the same functional ops again
+        clone(x)
+        clone.backward(g)
+        return {n: p.grad.copy() for n, p in clone.named_parameters()}
+
+    xs = [rng.standard_normal(shape) for _ in range(2)]
+    gs = [rng.standard_normal(layer(xs[0]).shape) for _ in range(2)]
+    layer(xs[0])
+    gx0 = layer.backward(gs[0])
+    expected = grads_of_one_step(xs[0], gs[0])
+    for n, p in layer.named_parameters():
+        np.testing.assert_array_equal(p.grad, expected[n], err_msg=n)
+    layer(xs[1])
+    gx1 = layer.backward(gs[1])
+    second = grads_of_one_step(xs[1], gs[1])
+    for n, p in layer.named_parameters():
+        np.testing.assert_allclose(p.grad, expected[n] + second[n], rtol=1e-13, err_msg=n)
+        expected[n] += second[n]
+    returned = [gx0, gx1, *xs, *gs]
+    snapshot = [a.copy() for a in returned]
+
+    layer.zero_grad(set_to_none=False)  # writes into every kept gradient
+    for a, b in zip(returned, snapshot, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for n, p in layer.named_parameters():
+        p.grad += expected[n]
+    for a in returned:
+        a[...] = np.nan
+    for n, p in layer.named_parameters():
+        np.testing.assert_allclose(p.grad, expected[n], rtol=1e-13, err_msg=n)
+
+
 def test_mixed_dtypes_raise_type_error(rng):
     net = _small_net(np.float32)
     with pytest.raises(TypeError, match="float64"):
