@@ -51,13 +51,13 @@ from benchmarks import _roofline  # noqa: E402
 from benchmarks._breakdown import step_ops  # noqa: E402
 from benchmarks._layers import PASSES, SHAPE_IDS, SHAPES, make_op  # noqa: E402
 from benchmarks._nets import BATCH, NETS, STEPS_PER_EPOCH, synthetic_batch, trainer  # noqa: E402
+from benchmarks.train_torch import DATA_DIR, load_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
 SECTIONS = ("layers", "roofline", "networks", "breakdown", "startup", "memory", "threads")
 EPOCH_SAMPLES = 60000
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def log(*args):
@@ -404,18 +404,17 @@ def startup(args):
 
 def training_run(cmd):
     """Run a training program through the launcher; ``(peak RSS MiB, wall s, last test
-    accuracy or None, output)``."""
+    accuracy)``, or None if it failed (its error output is logged)."""
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], cwd=ROOT, capture_output=True,
                          text=True)  # fmt: skip
     wall = time.perf_counter() - start
-    lines = out.stdout.splitlines()
-    result = json.loads(lines[-1]) if lines else {"rc": out.returncode}
-    if result["rc"] != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({result['rc']}):\n{out.stderr[-2000:]}")
+    if out.returncode != 0:
+        log(f"{' '.join(cmd)} failed with exit code {out.returncode}:\n{out.stderr[-3000:]}")
+        return None
+    peak_kib = json.loads(out.stdout.splitlines()[-1])["peak_kib"]
     accuracies = re.findall(r"test loss \S+ acc ([\d.]+)%", out.stdout)
-    acc = f"{accuracies[-1]}%" if accuracies else "-"
-    return result["peak_kib"] / 1024, wall, acc
+    return peak_kib / 1024, wall, f"{accuracies[-1]}%" if accuracies else "-"
 
 
 def memory(args):
@@ -430,8 +429,6 @@ def memory(args):
 def real_run_memory(args):
     """The README's training command on the real data, and the PyTorch twin with the same
     network, data, batch size and epochs; whole-process peak RSS."""
-    from benchmarks.train_torch import load_split
-
     if not DATA_DIR.is_dir():
         return f"Training run: skipped, no FashionMNIST in {DATA_DIR}.\n\n"
     for split in ("train", "test"):  # both programs must train and test on the same arrays
@@ -459,8 +456,12 @@ def real_run_memory(args):
                 ("torch", command(["-m", "benchmarks.train_torch"], limit, None))]  # fmt: skip
         for impl, cmd in runs:
             log(f"memory: {impl} training run, {limit} images, {epochs} epoch(s)")
-            peak, wall, acc = training_run(cmd)
+            result = training_run(cmd)
             shown = " ".join(["python", *cmd[1:]]).replace(tmp, "$TMP")
+            if result is None:
+                rows.append([impl, f"`{shown}`", "failed (see the log)", "-", "-"])
+                continue
+            peak, wall, acc = result
             rows.append([impl, f"`{shown}`", num(peak), num(wall), acc])
             args.figures[f"training run peak RSS {impl} MiB"] = num(peak)
     header = ["library", "command", "peak RSS MiB", "wall s", "test accuracy"]
