@@ -65,9 +65,9 @@ def _fastconv_ops(model, name, x, y):
         inputs.append(np.array(layer(inputs[-1])))  # a copy, in case a layer reuses its output
     criterion(inputs[-1], y)
     grads = [np.array(criterion.backward())]  # grads[i]: gradient of layer L-1-i's output
-    for layer in reversed(layers[1:]):
+    for layer in reversed(layers):  # also the first, so every parameter has a gradient
         grads.append(np.array(layer.backward(grads[-1])))
-    grad_out = grads[::-1]  # grad_out[i]: gradient of layer i's output
+    grad_out = grads[-2::-1]  # grad_out[i]: gradient of layer i's output
     saved = [(p, p.grad.copy()) for p in model.parameters() if p.grad is not None]
 
     def loss():
@@ -113,9 +113,10 @@ def _torch_ops(model, name, x, y):
     criterion(logits, target).backward()
     grad_out = [None] * len(layers)
     grad_out[-1] = logits.grad.clone()
-    for i in reversed(range(1, len(layers))):
+    for i in reversed(range(len(layers))):  # also the first, so every parameter has a gradient
         layers[i](inputs[i]).backward(grad_out[i])
-        grad_out[i - 1] = inputs[i].grad.clone()
+        if i > 0:
+            grad_out[i - 1] = inputs[i].grad.clone()
     saved = [(p, p.grad.clone()) for p in model.parameters() if p.grad is not None]
     outputs = [None] * len(layers)
 
