@@ -12,9 +12,10 @@ from fastconv.nn.module import Module
 class _Elementwise(Module):
     """An activation applied elementwise to any shape: one functional call each way.
 
-    A subclass defines ``_forward(x)`` and ``_backward(grad_out, saved)``, each one functional
+    A subclass sets ``_forward(x)`` and ``_backward(grad_out, saved)``, each one functional
     call; ``saved`` is the input, or the output if ``_saves_output`` (for Sigmoid and Tanh the
-    gradient is a cheap function of the output, which PyTorch uses too).
+    gradient is a cheap function of the output, which PyTorch uses too; the caller must then
+    not modify the output in place before ``backward``, as in PyTorch).
     """
 
     _saves_output = False
@@ -32,11 +33,8 @@ class ReLU(_Elementwise):
     """``max(x, 0)`` elementwise, any shape. ``inplace`` is accepted for PyTorch compatibility;
     the result is always a new array."""
 
-    def _forward(self, x):
-        return F.relu(x)
-
-    def _backward(self, grad_out, x):
-        return F.relu_backward(grad_out, x)
+    _forward = staticmethod(F.relu)
+    _backward = staticmethod(F.relu_backward)
 
     def __init__(self, inplace=False):
         super().__init__()
@@ -49,18 +47,18 @@ class ReLU(_Elementwise):
 class LeakyReLU(_Elementwise):
     """``x if x > 0 else negative_slope * x`` elementwise, any shape."""
 
-    def _forward(self, x):
-        return F.leaky_relu(x, self.negative_slope)
-
-    def _backward(self, grad_out, x):
-        return F.leaky_relu_backward(grad_out, x, self.negative_slope)
-
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         if not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool):
             raise TypeError(f"negative_slope must be a float, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
         self.inplace = check_bool("inplace", inplace)
+
+    def _forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def _backward(self, grad_out, x):
+        return F.leaky_relu_backward(grad_out, x, self.negative_slope)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
@@ -70,21 +68,13 @@ class Sigmoid(_Elementwise):
     """``1 / (1 + exp(-x))`` elementwise, any shape."""
 
     _saves_output = True
-
-    def _forward(self, x):
-        return F.sigmoid(x)
-
-    def _backward(self, grad_out, y):
-        return F._sigmoid_backward_from_output(grad_out, y)
+    _forward = staticmethod(F.sigmoid)
+    _backward = staticmethod(F._sigmoid_backward_from_output)
 
 
 class Tanh(_Elementwise):
     """``tanh(x)`` elementwise, any shape."""
 
     _saves_output = True
-
-    def _forward(self, x):
-        return F.tanh(x)
-
-    def _backward(self, grad_out, y):
-        return F._tanh_backward_from_output(grad_out, y)
+    _forward = staticmethod(F.tanh)
+    _backward = staticmethod(F._tanh_backward_from_output)

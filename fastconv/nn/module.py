@@ -36,21 +36,11 @@ class Parameter:
         self.data = data
         self.grad = None
 
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def dtype(self):
-        return self.data.dtype
-
-    @property
-    def size(self):
-        return self.data.size
-
-    @property
-    def ndim(self):
-        return self.data.ndim
+    # The array's own attributes, as on a torch Parameter.
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+    ndim = property(lambda self: self.data.ndim)
 
     def __repr__(self):
         grad = "None" if self.grad is None else "set"
