@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     for name in ("epochs", "batch_size", "threads", "limit", "test_limit"):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "epochs" else 1):
+        if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.lr is not None and not args.lr > 0:
         p.error(f"--lr must be positive, got {args.lr}")
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _check_resumable(args) -> dict:
-    """The saved run's config, if it is the same kind of run as ``args``; else raise."""
+def _check_resumable(args) -> None:
+    """Raise ``ValueError`` unless the run saved in ``--out`` is the same kind of run."""
     saved = training.read_state(args.out)["config"] or {}
     for key in SAME_ON_RESUME:
         if saved.get(key) != getattr(args, key):
@@ -133,7 +133,6 @@ def _check_resumable(args) -> dict:
             f"note: --epochs is {args.epochs}, the run was started with {saved.get('epochs')}: "
             f"the {args.schedule} schedule follows {args.epochs}"
         )
-    return saved
 
 
 def run(args) -> int:
@@ -183,14 +182,11 @@ def run(args) -> int:
         return EXIT_NONFINITE
 
     wall = time.perf_counter() - wall_start
-    if history:
-        best = max(history, key=lambda h: h["test_acc"])
-        print(
-            f"done: {len(history)} epochs, wall time {wall:.1f} s, "
-            f"best test accuracy {best['test_acc']:.2%} (epoch {best['epoch']})"
-        )
-    else:
-        print(f"done: 0 epochs, wall time {wall:.1f} s, no epoch to run")
+    best = max(history, key=lambda h: h["test_acc"])  # --epochs >= 1, so one epoch at least
+    print(
+        f"done: {len(history)} epochs, wall time {wall:.1f} s, "
+        f"best test accuracy {best['test_acc']:.2%} (epoch {best['epoch']})"
+    )
     return 0
 
 

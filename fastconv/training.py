@@ -300,13 +300,18 @@ def read_state(out_dir):
         raise FileNotFoundError(f"no {path}, so nothing to resume from")
     try:
         state = json.loads(path.read_text())
-        keys = ("epoch", "config", "history", "base_lrs", "loader_rng", "module_rngs")
-        missing = [k for k in keys if k not in state]
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a fastconv training state: {e}") from e
-    if missing or len(state["history"]) != state["epoch"]:
+    keys = ("epoch", "config", "history", "base_lrs", "loader_rng", "module_rngs")
+    if (
+        not isinstance(state, dict)
+        or any(key not in state for key in keys)
+        or not isinstance(state["history"], list)
+        or len(state["history"]) != state["epoch"]
+    ):
         raise ValueError(
-            f"{path} is not a fastconv training state (missing {missing or 'history entries'})"
+            f"{path} is not a fastconv training state: it needs the keys {', '.join(keys)}, "
+            "with one history entry per epoch"
         )
     return state
 
@@ -331,8 +336,9 @@ def restore(out_dir, model, optimizer, train_loader=None, scheduler=None):
     load(optimizer, out / "optimizer.npz")
     for rng, saved in zip(streams, state["module_rngs"], strict=True):
         rng.bit_generator.state = saved
-    if train_loader is not None and state["loader_rng"] is not None:
-        train_loader.rng.bit_generator.state = state["loader_rng"]
+    loader_rng = getattr(train_loader, "rng", None)
+    if loader_rng is not None and state["loader_rng"] is not None:
+        loader_rng.bit_generator.state = state["loader_rng"]
     if scheduler is not None:
         scheduler.base_lrs = list(state["base_lrs"])
         scheduler.last_epoch = state["epoch"] - 1

@@ -148,10 +148,11 @@ def test_help_shows_every_default(script, capsys):
     [
         (["--lr", "-1"], "--lr must be positive, got -1.0"),
         (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+        (["--epochs", "0"], "--epochs must be positive, got 0"),
         (["--threads", "100000"], "--threads must be at most"),
         (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
     ],
-    ids=["lr", "batch-size", "threads", "model"],
+    ids=["lr", "batch-size", "epochs", "threads", "model"],
 )
 def test_usage_errors_name_the_option(train_script, argv, message, capsys):
     with pytest.raises(SystemExit) as info:
