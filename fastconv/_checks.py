@@ -70,6 +70,19 @@ def check_bool(name, value):
     return bool(value)
 
 
+def real(name, value, minimum=None, below=None):
+    """``value`` as a Python float, checking ``minimum <= value < below`` (each bound optional)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if minimum is not None and below is not None:
+        if not minimum <= value < below:
+            raise ValueError(f"{name} must be in [{minimum:g}, {below:g}), got {value!r}")
+    elif minimum is not None and not value >= minimum:  # `not >=` also rejects NaN
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+    return value
+
+
 def check_probability(name, p):
     """``p`` as a float in [0, 1]."""
     if not isinstance(p, numbers.Real) or isinstance(p, (bool, np.bool_)) or not 0.0 <= p <= 1.0:

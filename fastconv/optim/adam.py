@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv.optim.optimizer import Optimizer, _real
+from fastconv._checks import real
+from fastconv.optim.optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW"]
 
@@ -45,10 +46,10 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list, np.ndarray)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         options["betas"] = tuple(
-            _real(f"betas[{k}]", beta, minimum=0.0, below=1.0) for k, beta in enumerate(betas)
+            real(f"betas[{k}]", beta, minimum=0.0, below=1.0) for k, beta in enumerate(betas)
         )
-        options["eps"] = _real("eps", options["eps"], minimum=0.0)
-        options["weight_decay"] = _real("weight_decay", options["weight_decay"], minimum=0.0)
+        options["eps"] = real("eps", options["eps"], minimum=0.0)
+        options["weight_decay"] = real("weight_decay", options["weight_decay"], minimum=0.0)
         return options
 
     def _update(self, p, state, group):

@@ -21,14 +21,13 @@ import math
 
 import numpy as np
 
-from fastconv._checks import positive_int
-from fastconv.optim.optimizer import _real
+from fastconv._checks import positive_int, real
 
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR"]
 
 
 def _nonnegative(name, value):
-    return _real(name, value, minimum=0.0)
+    return real(name, value, minimum=0.0)
 
 
 class LRScheduler:

@@ -6,11 +6,9 @@ that changes one parameter in place, and ``_check_options`` for their own option
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from fastconv._checks import float_dtype
+from fastconv._checks import float_dtype, real
 
 __all__ = ["Optimizer"]
 
@@ -60,7 +58,7 @@ class Optimizer:
 
     def _check_options(self, options):
         """Validate and normalise one group's options (Python floats); subclasses extend it."""
-        options["lr"] = _real("lr", options["lr"], minimum=0.0)
+        options["lr"] = real("lr", options["lr"], minimum=0.0)
         return options
 
     @property
@@ -70,7 +68,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        value = _real("lr", value, minimum=0.0)
+        value = real("lr", value, minimum=0.0)
         for group in self.param_groups:
             group["lr"] = value
 
@@ -275,23 +273,6 @@ class Optimizer:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _real(name, value, minimum=None, below=None):
-    """``value`` as a Python float, checking ``minimum <= value < below``; errors name ``name``.
-
-    Written once for the optimizers and the schedulers; ``fastconv._checks`` has no check of a
-    bounded real number yet (this is the candidate).
-    """
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if minimum is not None and below is not None:
-        if not minimum <= value < below:
-            raise ValueError(f"{name} must be in [{minimum:g}, {below:g}), got {value!r}")
-    elif minimum is not None and not value >= minimum:  # `not >=` also rejects NaN
-        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
-    return value
 
 
 def _like(key, value, current):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv._checks import check_bool
-from fastconv.optim.optimizer import Optimizer, _real
+from fastconv._checks import check_bool, real
+from fastconv.optim.optimizer import Optimizer
 
 __all__ = ["SGD"]
 
@@ -47,9 +47,9 @@ class SGD(Optimizer):
 
     def _check_options(self, options):
         options = super()._check_options(options)
-        options["momentum"] = _real("momentum", options["momentum"], minimum=0.0)
-        options["dampening"] = _real("dampening", options["dampening"])
-        options["weight_decay"] = _real("weight_decay", options["weight_decay"], minimum=0.0)
+        options["momentum"] = real("momentum", options["momentum"], minimum=0.0)
+        options["dampening"] = real("dampening", options["dampening"])
+        options["weight_decay"] = real("weight_decay", options["weight_decay"], minimum=0.0)
         options["nesterov"] = check_bool("nesterov", options["nesterov"])
         if options["nesterov"] and (options["momentum"] <= 0 or options["dampening"] != 0):
             raise ValueError(
