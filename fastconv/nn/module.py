@@ -173,8 +173,7 @@ class Module:
                 yield name, module
 
     def children(self):
-        for _, module in self.named_children():
-            yield module
+        return (module for _, module in self.named_children())
 
     def named_modules(self, prefix=""):
         """Yield ``(dotted_name, module)`` for this module (name ``prefix``) and every
@@ -191,8 +190,7 @@ class Module:
             stack.extend(reversed(children))
 
     def modules(self):
-        for _, module in self.named_modules():
-            yield module
+        return (module for _, module in self.named_modules())
 
     def _named_members(self, table, prefix, recurse):
         modules = self.named_modules(prefix) if recurse else [(prefix, self)]
@@ -209,15 +207,13 @@ class Module:
         yield from self._named_members("_parameters", prefix, recurse)
 
     def parameters(self, recurse=True):
-        for _, param in self.named_parameters(recurse=recurse):
-            yield param
+        return (param for _, param in self.named_parameters(recurse=recurse))
 
     def named_buffers(self, prefix="", recurse=True):
         yield from self._named_members("_buffers", prefix, recurse)
 
     def buffers(self, recurse=True):
-        for _, buf in self.named_buffers(recurse=recurse):
-            yield buf
+        return (buf for _, buf in self.named_buffers(recurse=recurse))
 
     # ---- state ------------------------------------------------------------------------------
 
