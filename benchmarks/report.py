@@ -6,6 +6,7 @@ Run from the repository root (``benchmarks`` is a package there, not an installe
     python -m benchmarks.report --only layers lenet       # all layer shapes, lenet's step
     python -m benchmarks.report --only breakdown roofline --rounds 20 --markdown-out report.md
     python -m benchmarks.report --only memory --memory-limit 6400   # a shorter real run
+    python -m benchmarks.report --unset-blas-env          # also with the OPENBLAS_* variables unset
 
 Sections (``--only`` takes these, layer shape ids and network names):
 
@@ -197,7 +198,8 @@ def machine(args):
         f"load average at start {load}\n"
         f"- BLAS: {blas_libraries()}\n"
         f"- BLAS environment: {blas_environment()}\n"
-        f"- python {platform.python_version()}, fastconv {fastconv.__version__}, {versions}\n"
+        f"- python {platform.python_version()}, fastconv {fastconv.__version__} (from "
+        f"`{Path(fastconv.__file__).parent}`), {versions}\n"
         f"- float32, NCHW, {THREADS} threads for both libraries, JIT compile excluded; "
         f"fastconv and torch interleaved (each timed call right after an untimed one of the same "
         f"function), median of {args.rounds} rounds; ratios are "
@@ -556,8 +558,12 @@ def parse_args(argv=None):
         "--only", nargs="+", default=[], metavar="NAME",
         help=f"run only these (comma or space separated): {', '.join(choices)}",
     )  # fmt: skip
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per comparison")
-    p.add_argument("--ref-rounds", type=int, default=3, help="calls per NumPy reference timing")
+    p.add_argument(
+        "--rounds", type=int, default=10, help="interleaved rounds per comparison (default: 10)"
+    )
+    p.add_argument(
+        "--ref-rounds", type=int, default=3, help="calls per NumPy reference timing (default: 3)"
+    )
     p.add_argument("--full-epoch", action="store_true", help="also time a real epoch per net")
     p.add_argument("--breakdown-net", choices=NETS, default="lenet",
                    help="network of the breakdown section (default: lenet)")  # fmt: skip
