@@ -42,8 +42,9 @@ class MaxPool2d(Module):
             y, indices = F.max_pool2d(x, *self._args())
             self._ctx = (indices, x.shape)
         else:
-            # Inference rarely backpropagates: no int64 index array; the argmax is found only
-            # if a backward follows.
+            # Inference rarely backpropagates: no int64 index array. x is kept (a reference,
+            # not a copy) because PyTorch allows a backward in eval mode; the argmax is then
+            # found again.
             y = F._max_pool2d_values(x, *self._args())
             self._ctx = (x,)
         return y
