@@ -473,9 +473,10 @@ def real_run_memory(args):
         + table(header, rows)
         + "\n\nWhole-process `ru_maxrss` of each program (through a small launcher), warm JIT "
         "cache; `--memory-epochs` sets the epochs (the README's command runs 3; the peak is "
-        "set in the first unless memory leaks). The example also writes a checkpoint and its history (and `curve.png` with "
-        "matplotlib, if installed); PyTorch's twin (`benchmarks/train_torch.py`) only trains and "
-        "tests, and reads the same files with NumPy, checked equal to `fastconv.datasets`.\n\n"
+        "set in the first unless memory leaks). The example also writes a checkpoint and its "
+        "history (and `curve.png` with matplotlib, if installed); PyTorch's twin "
+        "(`benchmarks/train_torch.py`) only trains and tests, and reads the same files with "
+        "NumPy, checked equal to `fastconv.datasets`.\n\n"
     )
 
 
