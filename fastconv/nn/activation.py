@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numbers
-
 import fastconv.functional as F
-from fastconv._checks import check_bool
+from fastconv._checks import check_bool, real
 from fastconv.nn.module import Module
 
 
@@ -49,9 +47,7 @@ class LeakyReLU(_Elementwise):
 
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
-        if not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool):
-            raise TypeError(f"negative_slope must be a float, got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = real("negative_slope", negative_slope)
         self.inplace = check_bool("inplace", inplace)
 
     def _forward(self, x):
