@@ -1,10 +1,16 @@
 """Settings every kernel shares: the numba flags, the cache policy and the tuning constants.
 
 Kernels (``fastconv.kernels``) are compiled with ``jit``/``pjit`` below and nothing else, so the
-fastmath flags and the cache policy live in exactly one place.
+fastmath flags and the cache policy live in exactly one place. The tuning constants of the conv
+planner (``fastconv._conv_plan``) are the fields of ``Tuning``; code reads them with
+``tuning()``, and tests and benchmarks change them for a block with ``tuned(...)``.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
 
 import numba
 
@@ -29,3 +35,48 @@ def jit(fn):
 def pjit(fn):
     """Parallel kernel: its ``prange`` iterations must each own what they write."""
     return numba.njit(cache=CACHE, fastmath=set(FASTMATH), nogil=True, parallel=True)(fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """The conv planner's tuning constants, each with the measurement behind it.
+
+    Measured on the shapes of ``benchmarks/report.py`` (fm_conv1/2, seed, res_*).
+    """
+
+    # Winograd F(2x2, 3x3) only when both channel counts reach this: with few channels its
+    # transforms cost more than the 2.25x fewer multiplications save.
+    winograd_min_channels: int = 16
+    # The GEMM path unfolds one sample at a time into a per-thread buffer, in tiles of output
+    # rows only when a sample's columns exceed this budget (large images: a 64-channel 224x224
+    # layer would need 115 MB per sample). Whole samples were as fast as or faster than tiles of
+    # rows (kept in L2) or of several small samples.
+    tile_bytes: int = 8 << 20
+    # Winograd works on blocks of about this many 2x2 output tiles: the block's transformed
+    # patches and products (16 x channels x tiles each) should stay in cache. The weight
+    # gradient's GEMMs reduce over the tiles, so they prefer longer blocks (on fm_conv2 and
+    # res_56: 128 tiles for the convolution, 256 for the weight gradient; at 112 tiles of 64
+    # channels the weight gradient ran at half speed).
+    winograd_tiles: int = 128
+    winograd_grad_tiles: int = 256
+
+
+DEFAULT_TUNING = Tuning()
+_tuning = contextvars.ContextVar("fastconv_tuning")
+
+
+def tuning():
+    """The tuning constants in force (``DEFAULT_TUNING``, unless inside ``tuned``)."""
+    return _tuning.get(DEFAULT_TUNING)
+
+
+@contextlib.contextmanager
+def tuned(**changes):
+    """Private, for tests and benchmarks: run the block with some tuning constants changed,
+    e.g. ``with fastconv._config.tuned(tile_bytes=1):``; restored on exit, even on error.
+    Per thread (a context variable), so other threads keep their settings."""
+    token = _tuning.set(dataclasses.replace(tuning(), **changes))
+    try:
+        yield
+    finally:
+        _tuning.reset(token)

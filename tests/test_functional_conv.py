@@ -5,8 +5,9 @@ import pytest
 from helpers import assert_close32, assert_close64
 
 import fastconv
+import fastconv._config
+import fastconv._conv_plan as plan
 import fastconv.functional as F
-import fastconv.functional.conv as Fconv
 import fastconv.reference as R
 
 # (N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups)
@@ -29,17 +30,16 @@ CONV_CASES = {
     "batch_0": (0, 3, 6, 6, 4, 3, 1, 1, 1, 1),
 }
 
-# Each case runs through every algorithm that can compute it, by overriding the dispatch:
-# direct loops and im2col + GEMM take any case; Winograd only 3x3 stride-1 single-group ones.
+# Each case runs through every algorithm that can compute it, forced with the planner's private
+# ``use_algorithm``: direct loops and im2col + GEMM take any case; Winograd only 3x3 stride-1
+# single-group ones.
 PATHS = ["direct", "gemm", "winograd"]
 
 
 @pytest.fixture(params=PATHS)
-def conv_path(request, monkeypatch):
-    path = request.param
-    monkeypatch.setattr(Fconv, "_use_direct", lambda weight, groups: path == "direct")
-    monkeypatch.setattr(Fconv, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
-    return path
+def conv_path(request):
+    with plan.use_algorithm(request.param):
+        yield request.param
 
 
 def _skip_unless_winograd_applies(path, case):
@@ -111,10 +111,8 @@ def test_conv2d_backward_same_at_1_and_2_threads(rng, dtype, rtol):
         "direct": (x[:, :8], rng.standard_normal((24, 1, 3, 3)).astype(dtype), 8, 1),
     }
     for path, (xx, ww, groups, stride) in cases.items():
-        assert Fconv._use_direct(ww, groups) == (path == "direct")
-        assert Fconv._use_winograd(xx.shape[1], ww, (stride,) * 2, (1, 1), groups, (1, 1)) == (
-            path == "winograd"
-        )
+        conv = F.conv._conv_problem(xx, ww, stride, 1, 1, groups)[2]
+        assert plan.choose(conv).name == path
         g = go if stride == 1 else go[:, :, ::2, ::2]
         with fastconv.threads(1):
             one = F.conv2d_backward(g, xx, ww, stride=stride, padding=1, groups=groups)
@@ -176,17 +174,56 @@ def test_col2im_is_adjoint_of_im2col(rng):
     [(1, 1), (27 * 6 * 8 * 4, 4), (10**9, 6)],
     ids=["one_row_per_tile", "ragged_tiles_of_4_rows", "whole_sample"],
 )
-def test_gemm_path_row_tiles(rng, monkeypatch, tile_bytes, rows):
+def test_gemm_path_row_tiles(rng, tile_bytes, rows):
     """Tiles of output rows (the last one shorter) give the same result as whole samples."""
-    monkeypatch.setattr(Fconv, "_TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(Fconv, "_WINOGRAD_MIN_CHANNELS", 10**9)
     x = rng.standard_normal((5, 3, 6, 6))
     w = rng.standard_normal((4, 3, 3, 3))
     b = rng.standard_normal(4)
-    assert Fconv._tile_rows(x, w, 6, 6) == rows
-    y = F.conv2d(x, w, b, padding=1)
-    assert_close64(y, R.conv2d(x, w, b, padding=1))
-    for got, want in zip(
-        F.conv2d_backward(y, x, w, padding=1), R.conv2d_backward(y, x, w, padding=1), strict=True
-    ):
-        assert_close64(got, want)
+    with fastconv._config.tuned(tile_bytes=tile_bytes), plan.use_algorithm("gemm"):
+        conv = F.conv._conv_problem(x, w, 1, 1, 1, 1)[2]
+        assert plan.choose(conv).name == "gemm"
+        assert plan.gemm_tile_rows(conv) == rows
+        y = F.conv2d(x, w, b, padding=1)
+        assert_close64(y, R.conv2d(x, w, b, padding=1))
+        for got, want in zip(
+            F.conv2d_backward(y, x, w, padding=1),
+            R.conv2d_backward(y, x, w, padding=1),
+            strict=True,
+        ):
+            assert_close64(got, want)
+
+
+def test_planner_controls_are_scoped_and_checked(rng):
+    """use_algorithm forces an algorithm where it can run and falls back elsewhere; both it and
+    tuned restore the previous setting on exit, even on error."""
+    x = rng.standard_normal((2, 16, 6, 6))
+    conv3 = F.conv._conv_problem(x, rng.standard_normal((16, 16, 3, 3)), 1, 1, 1, 1)[2]
+    conv5 = F.conv._conv_problem(x, rng.standard_normal((16, 16, 5, 5)), 1, 2, 1, 1)[2]
+    assert plan.choose(conv3).name == "winograd" and plan.choose(conv5).name == "gemm"
+    with plan.use_algorithm("direct"):
+        assert plan.choose(conv3).name == plan.choose(conv5).name == "direct"
+        with plan.use_algorithm("winograd"):
+            assert plan.choose(conv3).name == "winograd"
+            assert plan.choose(conv5).name == "gemm"  # Winograd cannot run a 5x5 kernel
+        assert plan.choose(conv3).name == "direct"
+    with pytest.raises(KeyError), plan.use_algorithm("gemm"):
+        raise KeyError
+    assert plan.choose(conv3).name == "winograd"
+    with pytest.raises(ValueError, match="name must be one of"), plan.use_algorithm("fft"):
+        pass
+    with fastconv._config.tuned(winograd_min_channels=17):
+        assert plan.choose(conv3).name == "gemm"
+    assert fastconv._config.tuning() == fastconv._config.DEFAULT_TUNING
+    with pytest.raises(TypeError):
+        with fastconv._config.tuned(no_such_constant=1):
+            pass
+
+
+def test_workspace_arrays_are_aligned_and_disjoint_and_reused():
+    a, b, c = plan.workspace(((3, 5), np.float32), ((7,), np.float64), ((2, 2), np.float32))
+    assert [arr.shape for arr in (a, b, c)] == [(3, 5), (7,), (2, 2)]
+    assert all(arr.ctypes.data % 64 == 0 and arr.flags.c_contiguous for arr in (a, b, c))
+    a[...], b[...], c[...] = 1, 2, 3
+    assert a.sum() == 15 and b.sum() == 14 and c.sum() == 12  # no overlap
+    (d,) = plan.workspace(((4,), np.float32))
+    assert d.ctypes.data == a.ctypes.data  # the next call reuses the same buffer
