@@ -155,7 +155,17 @@ def use_algorithm(name):
 _ALIGN = 64  # bytes: a cache line, and the widest vector load
 
 
-_buffers = threading.local()  # .bytes: this Python thread's workspace, grown, never shrunk
+_buffers = threading.local()  # this Python thread's (buffer, aligned start), grown, never shrunk
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(specs):
+    """Byte offsets of each ``(shape, dtype)`` in ``specs``, 64-byte aligned, and the total."""
+    offsets, total = [], 0
+    for shape, dtype in specs:
+        offsets.append(total)
+        total += -(-math.prod(shape) * np.dtype(dtype).itemsize // _ALIGN) * _ALIGN
+    return tuple(offsets), total
 
 
 def workspace(*specs):
@@ -165,17 +175,16 @@ def workspace(*specs):
     They stay valid until the next ``workspace`` call in the same thread, which reuses the
     memory: take every temporary of a kernel call at once, and never return one to a caller.
     """
-    sizes = [math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in specs]
-    spans = [-(-size // _ALIGN) * _ALIGN for size in sizes]
-    buffer = getattr(_buffers, "bytes", None)
-    if buffer is None or buffer.size < sum(spans) + _ALIGN:
-        buffer = _buffers.bytes = np.empty(sum(spans) + _ALIGN, dtype=np.uint8)
-    start = -buffer.ctypes.data % _ALIGN
-    arrays = []
-    for (shape, dtype), size, span in zip(specs, sizes, spans, strict=True):
-        arrays.append(buffer[start : start + size].view(dtype).reshape(shape))
-        start += span
-    return arrays
+    offsets, total = _layout(specs)
+    buffer, start = getattr(_buffers, "current", (None, 0))
+    if buffer is None or buffer.size < start + total:
+        buffer = np.empty(total + _ALIGN, dtype=np.uint8)
+        start = -buffer.ctypes.data % _ALIGN
+        _buffers.current = buffer, start
+    return [
+        np.ndarray(shape, dtype, buffer, start + offset)
+        for (shape, dtype), offset in zip(specs, offsets, strict=True)
+    ]
 
 
 # =============================================================================================
