@@ -112,11 +112,12 @@ def main(argv=None) -> int:
         with thread_context:
             return run(args)
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: {args.out} holds the last finished epoch, if any; continue with "
-            "--resume",
-            file=sys.stderr,
-        )
+        try:
+            done = training.read_state(args.out)["epoch"]
+            saved = f"epoch {done} is saved in {args.out}; continue with --resume"
+        except (OSError, ValueError):
+            saved = "no epoch was finished, so nothing was saved"
+        print(f"\ninterrupted: {saved}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

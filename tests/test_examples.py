@@ -126,6 +126,26 @@ def test_resume_without_state_and_missing_data(train_script, data_dir, tmp_path,
     assert "not found in root=" in err and "FASTCONV_DATA" in err
 
 
+def test_ctrl_c_exits_130_and_says_what_is_saved(
+    train_script, data_dir, tmp_path, capsys, monkeypatch
+):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_script.training, "train", interrupted)
+    assert train_script.main(_args(data_dir, out, "--epochs", "1")) == 130
+    assert "interrupted: no epoch was finished" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert train_script.main(_args(data_dir, out, "--epochs", "1", "--limit", "32")) == 0
+    monkeypatch.setattr(train_script.training, "train", interrupted)
+    code = train_script.main(_args(data_dir, out, "--epochs", "2", "--resume"))
+    assert code == train_script.EXIT_INTERRUPTED == 130
+    assert f"interrupted: epoch 1 is saved in {out}; continue with --resume" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize("script", ["train_fashion_mnist", "compare_optimizers"])
 def test_help_shows_every_default(script, capsys):
     with pytest.raises(SystemExit) as info:
