@@ -88,6 +88,22 @@ def _col2im(cols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, x):
 # Shapes, with G groups: w (G, O/G, R/G), y and gy (N, G, O/G, OH*OW), workspaces flat per t.
 
 
+@jit
+def _unfold_tile(x, geometry, oh0, rows, buffer, G):
+    """im2col of output rows [oh0, oh1) of one sample x (C, H, W) into the front of ``buffer``.
+
+    Returns (oh1, l0, tl, tile): the end row, the first output position and the number of
+    positions of the tile, and its columns as a (G, C/G*KH*KW, tl) view of ``buffer``.
+    """
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geometry
+    oh1 = min(OH, oh0 + rows)
+    l0, tl = oh0 * OW, (oh1 - oh0) * OW
+    R = x.shape[0] * KH * KW
+    tile = buffer[: R * tl].reshape(R, tl)
+    _im2col_rows(x, KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, tile)
+    return oh1, l0, tl, tile.reshape(G, R // G, tl)
+
+
 @pjit
 def _conv2d_fwd_gemm(x, w, b, geometry, rows, cols, prod, y):
     """y[n, g] = w[g] @ im2col(x[n])[g] + b, tile by tile.
@@ -96,18 +112,13 @@ def _conv2d_fwd_gemm(x, w, b, geometry, rows, cols, prod, y):
     holds a tile's columns, prod[t] the product of one group before it moves into y with the
     bias added.
     """
-    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geometry
+    OH = geometry[8]
     N, T = x.shape[0], cols.shape[0]
-    G, Og, Rg = w.shape
+    G, Og = w.shape[0], w.shape[1]
     for t in prange(T):
         for n in range(t * N // T, (t + 1) * N // T):
             for oh0 in range(0, OH, rows):
-                oh1 = min(OH, oh0 + rows)
-                l0, tl = oh0 * OW, (oh1 - oh0) * OW
-                tile = cols[t, : G * Rg * tl].reshape(G, Rg, tl)
-                _im2col_rows(
-                    x[n], KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, tile.reshape(G * Rg, tl)
-                )
+                _, l0, tl, tile = _unfold_tile(x[n], geometry, oh0, rows, cols[t], G)
                 p = prod[t, : Og * tl].reshape(Og, tl)
                 for g in range(G):
                     np.dot(w[g], tile[g], p)
@@ -134,12 +145,7 @@ def _conv2d_bwd_gemm(x, gy, w, geometry, rows, cols, gtile, gw_part, gw_tmp, gb_
         for n in range(t * N // T, (t + 1) * N // T):
             _fill(gx[n], 0)
             for oh0 in range(0, OH, rows):
-                oh1 = min(OH, oh0 + rows)
-                l0, tl = oh0 * OW, (oh1 - oh0) * OW
-                tile = cols[t, : G * Rg * tl].reshape(G, Rg, tl)
-                _im2col_rows(
-                    x[n], KH, KW, sh, sw, ph, pw, dh, dw, oh0, oh1, OW, tile.reshape(G * Rg, tl)
-                )
+                oh1, l0, tl, tile = _unfold_tile(x[n], geometry, oh0, rows, cols[t], G)
                 g_out = gtile[t, : Og * tl].reshape(Og, tl)
                 for g in range(G):
                     for o in range(Og):  # this tile of gy, made contiguous for BLAS
