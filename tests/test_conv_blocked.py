@@ -1,0 +1,129 @@
+"""The blocked direct convolution engine (fastconv._conv_blocked) against the reference loops.
+
+float32 inputs; the reference runs in float64 on the same values, so the comparison measures
+the engine's float32 rounding only (relative 1e-4, as for every float32 path).
+"""
+
+import numpy as np
+import pytest
+from helpers import assert_close32
+
+import fastconv
+import fastconv._conv_blocked as cb
+import fastconv.reference as R
+
+# (N, C, H, W, O, (KH, KW), (sh, sw), (ph, pw), (dh, dw)); padding symmetric, as the reference.
+CASES = {
+    "k3_p1": (2, 3, 9, 10, 20, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "k3_s2_p1_odd": (2, 5, 11, 8, 33, (3, 3), (2, 2), (1, 1), (1, 1)),
+    "k5_p2": (3, 7, 7, 9, 17, (5, 5), (1, 1), (2, 2), (1, 1)),
+    "k1": (1, 2, 6, 13, 40, (1, 1), (1, 1), (0, 0), (1, 1)),
+    "k3_p0_dil2": (2, 3, 12, 11, 18, (3, 3), (1, 1), (0, 0), (2, 2)),
+    "c1_k5_s2": (2, 1, 16, 15, 16, (5, 5), (2, 2), (0, 0), (1, 1)),
+    "c1_k3_p1": (4, 1, 12, 12, 32, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "few_out_pad3": (2, 19, 9, 9, 5, (3, 3), (1, 1), (3, 3), (1, 1)),
+    "narrow_rows_tile": (5, 4, 7, 7, 24, (3, 3), (1, 1), (0, 0), (1, 1)),
+    "channel_chunks": (1, 20, 6, 16, 36, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "k7_row_tiles": (2, 2, 9, 10, 8, (7, 7), (1, 1), (3, 3), (1, 1)),
+    "nonsquare_s3": (2, 3, 10, 13, 17, (2, 4), (3, 2), (1, 2), (1, 1)),
+}
+
+
+def _inputs(rng, case):
+    N, C, H, W, O, k, s, p, d = case
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, C, *k)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    return x, w, b
+
+
+def _out_shape(case):
+    N, C, H, W, O, k, s, p, d = case
+    size = [(n + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, n in enumerate((H, W))]
+    return (N, O, *size)
+
+
+def _forward(x, w, b, case):
+    N, C, H, W, O, k, s, p, d = case
+    out = np.full(_out_shape(case), np.nan, dtype=np.float32)  # every element must be written
+    return cb.conv2d_forward(x, w, b, s, p, d, out)
+
+
+def _backward(go, x, w, case):
+    N, C, H, W, O, k, s, p, d = case
+    return cb.conv2d_backward(go, x, w, s, p, d, need_input_grad=cb.supports_input_grad(s))
+
+
+def _reference(x, w, b, go, case):
+    N, C, H, W, O, k, s, p, d = case
+    f64 = [None if a is None else a.astype(np.float64) for a in (x, w, b, go)]
+    y = R.conv2d(f64[0], f64[1], f64[2], stride=s, padding=p, dilation=d)
+    grads = R.conv2d_backward(f64[3], f64[0], f64[1], stride=s, padding=p, dilation=d)
+    return y, grads
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_forward_and_backward_match_reference(rng, case):
+    x, w, b = _inputs(rng, case)
+    go = rng.standard_normal(_out_shape(case)).astype(np.float32)
+    y_ref, (gx_ref, gw_ref, gb_ref) = _reference(x, w, b, go, case)
+    assert_close32(_forward(x, w, b, case), y_ref)
+    assert_close32(_forward(x, w, None, case), y_ref - b.astype(np.float64)[:, None, None])
+    gx, gw, gb = _backward(go, x, w, case)
+    assert_close32(gw, gw_ref)
+    assert_close32(gb, gb_ref)
+    if cb.supports_input_grad(case[6]):
+        assert_close32(gx, gx_ref)
+    else:
+        assert gx is None
+
+
+def test_input_grad_can_be_skipped(rng):
+    case = CASES["k3_p1"]
+    x, w, b = _inputs(rng, case)
+    go = rng.standard_normal(_out_shape(case)).astype(np.float32)
+    gx, gw, gb = cb.conv2d_backward(go, x, w, (1, 1), (1, 1), (1, 1), need_input_grad=False)
+    assert gx is None
+    _, (_, gw_ref, gb_ref) = _reference(x, w, b, go, case)
+    assert_close32(gw, gw_ref)
+
+
+@pytest.mark.parametrize("case", [CASES["k3_p1"], CASES["k3_s2_p1_odd"]], ids=["s1", "s2"])
+def test_inf_and_nan_propagate_like_the_reference(rng, case):
+    x, w, b = _inputs(rng, case)
+    x[0, 0, 2, 3] = np.inf
+    x[1, 1, 4, 4] = -np.inf
+    x[1, 2, 0, 1] = np.nan
+    go = rng.standard_normal(_out_shape(case)).astype(np.float32)
+    go[0, 3, 1, 1] = np.inf
+    with np.errstate(invalid="ignore"):  # inf - inf in the reference's sums: NaN, as expected
+        y_ref, (gx_ref, gw_ref, gb_ref) = _reference(x, w, b, go, case)
+    y = _forward(x, w, b, case)
+    gx, gw, gb = _backward(go, x, w, case)
+    pairs = [(y, y_ref), (gw, gw_ref), (gb, gb_ref)] + ([(gx, gx_ref)] if gx is not None else [])
+    for actual, expected in pairs:
+        np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+        np.testing.assert_array_equal(np.isposinf(actual), np.isposinf(expected))
+        np.testing.assert_array_equal(np.isneginf(actual), np.isneginf(expected))
+        finite = np.isfinite(expected)
+        assert finite.any()
+        np.testing.assert_allclose(actual[finite], expected[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_one_and_two_threads_bit_identical(rng):
+    # 9 samples of 32x32 outputs: the weight gradient sums several chunks of samples.
+    case = (9, 3, 32, 32, 20, (3, 3), (1, 1), (1, 1), (1, 1))
+    x, w, b = _inputs(rng, case)
+    go = rng.standard_normal(_out_shape(case)).astype(np.float32)
+    results = []
+    for n in (1, 2):
+        with fastconv.threads(n):
+            results.append((_forward(x, w, b, case), *_backward(go, x, w, case)))
+    for one, two in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_supports():
+    assert cb.supports((2, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32)
+    assert not cb.supports((2, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float64)
+    assert not cb.supports((2, 4, 8, 8), (4, 2, 3, 3), (1, 1), (1, 1), (1, 1), 2, np.float32)
