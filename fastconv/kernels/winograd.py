@@ -113,6 +113,19 @@ def _output_transform(M, b, TH, TW, u0, u1, rows, y):
                     dst[k] = src[k]
 
 
+@jit
+def _transformed_block(x, ph, pw, TH, TW, u0, block, end, rows, V, M, O):
+    """Tile rows [u0, u1) (at most ``block``, not past ``end``) of x, transformed into the front
+    of the thread's buffer V; returns u1 and the (16, C, P) and (16, O, P) views of V and M for
+    the block's P tiles."""
+    C = x.shape[1]
+    u1 = min(u0 + block, end)
+    P = (u1 - u0) * TW
+    Vb = V[: 16 * C * P].reshape(16, C, P)
+    _input_transform(x, ph, pw, TH, TW, u0, u1, rows, Vb)
+    return u1, Vb, M[: 16 * O * P].reshape(16, O, P)
+
+
 @pjit
 def _conv2d_winograd(x, U, b, ph, pw, block, V, M, rows_in, rows_out, y):
     """y = conv2d(x, w) + b for a 3x3 kernel, stride 1, given U = the transformed weights.
@@ -120,18 +133,16 @@ def _conv2d_winograd(x, U, b, ph, pw, block, V, M, rows_in, rows_out, y):
     Work is split by tile rows (N * TH of them), ``block`` tile rows at a time; workspaces per
     thread t: V[t] (16 * C * block*TW), M[t] (16 * O * block*TW), rows_in[t], rows_out[t].
     """
-    N, C = x.shape[0], x.shape[1]
+    N = x.shape[0]
     O, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     TH, TW = (OH + 1) // 2, (OW + 1) // 2
     total, T = N * TH, V.shape[0]
     for t in prange(T):
         end = (t + 1) * total // T
         for u0 in range(t * total // T, end, block):
-            u1 = min(u0 + block, end)
-            P = (u1 - u0) * TW
-            Vb = V[t, : 16 * C * P].reshape(16, C, P)
-            Mb = M[t, : 16 * O * P].reshape(16, O, P)
-            _input_transform(x, ph, pw, TH, TW, u0, u1, rows_in[t], Vb)
+            u1, Vb, Mb = _transformed_block(
+                x, ph, pw, TH, TW, u0, block, end, rows_in[t], V[t], M[t], O
+            )
             for xi in range(16):
                 np.dot(U[xi], Vb[xi], Mb[xi])
             _output_transform(Mb, b, TH, TW, u0, u1, rows_out[t], y)
@@ -186,7 +197,7 @@ def _conv2d_winograd_grad_weight(x, gy, ph, pw, block, V, Mg, rows_in, rows_out,
 
     Same split and workspaces as ``_conv2d_winograd``; tmp[t] is (O, C).
     """
-    N, C = x.shape[0], x.shape[1]
+    N = x.shape[0]
     O, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
     TH, TW = (OH + 1) // 2, (OW + 1) // 2
     total, T = N * TH, V.shape[0]
@@ -194,11 +205,9 @@ def _conv2d_winograd_grad_weight(x, gy, ph, pw, block, V, Mg, rows_in, rows_out,
         _fill(dU[t], 0)
         end = (t + 1) * total // T
         for u0 in range(t * total // T, end, block):
-            u1 = min(u0 + block, end)
-            P = (u1 - u0) * TW
-            Vb = V[t, : 16 * C * P].reshape(16, C, P)
-            Mb = Mg[t, : 16 * O * P].reshape(16, O, P)
-            _input_transform(x, ph, pw, TH, TW, u0, u1, rows_in[t], Vb)
+            u1, Vb, Mb = _transformed_block(
+                x, ph, pw, TH, TW, u0, block, end, rows_in[t], V[t], Mg[t], O
+            )
             _grad_output_transform(gy, TH, TW, u0, u1, rows_out[t], Mb)
             for xi in range(16):
                 np.dot(Mb[xi], Vb[xi].T, tmp[t])
