@@ -9,8 +9,9 @@ Adding an algorithm is one entry in ``_algorithms()``: its name, ``runs(conv)`` 
 can compute), ``chosen(conv)`` (the shapes where it measured fastest; ``choose`` takes the first
 entry whose ``chosen`` holds, so the order is the preference), ``forward(conv, x, weight, bias,
 y)`` filling ``y``, and ``backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b)`` filling
-the three gradients. Inputs are C-contiguous and of one dtype; outputs are allocated by the
-caller.
+the three gradients (``grad_x`` is None when the caller does not need the input gradient; an
+algorithm skips that work where it can). Inputs are C-contiguous and of one dtype; outputs are
+allocated by the caller.
 
 Private controls, for tests and benchmarks (never patch module attributes):
 - ``with use_algorithm("gemm"):`` runs every convolution of the block with that algorithm
@@ -197,7 +198,8 @@ def _direct_forward(conv, x, weight, bias, y):
 
 
 def _direct_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b):
-    conv_direct._conv2d_bwd_input_direct(grad_out, weight, *conv.window, conv.groups, grad_x)
+    if grad_x is not None:
+        conv_direct._conv2d_bwd_input_direct(grad_out, weight, *conv.window, conv.groups, grad_x)
     conv_direct._conv2d_bwd_weight_direct(x, grad_out, *conv.window, conv.groups, grad_w)
     _bias_grad(grad_out, grad_b)
 
@@ -252,12 +254,16 @@ def _gemm_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b):
     rows = gemm_tile_rows(conv)
     T, G, width = conv.threads, conv.groups, rows * conv.OW
     Og, Rg = conv.O // G, conv.C // G * conv.KH * conv.KW
-    cols, gtile, gw_part, gw_tmp, gb_part = workspace(
+    # The kernel computes the input gradient in the same pass (col2im of the column gradient);
+    # a caller that does not need it gets it in a workspace array, thrown away.
+    gx_shape = (conv.N, conv.C, conv.H, conv.W) if grad_x is None else (0,)
+    cols, gtile, gw_part, gw_tmp, gb_part, scratch = workspace(
         ((T, conv.C * conv.KH * conv.KW * width), conv.dtype),
         ((T, Og * width), conv.dtype),
         ((T, G, Og, Rg), conv.dtype),
         ((T, Og, Rg), conv.dtype),
         ((T, conv.O), np.float64),
+        (gx_shape, conv.dtype),
     )
     with single_threaded_blas():
         conv_gemm._conv2d_bwd_gemm(
@@ -271,7 +277,7 @@ def _gemm_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b):
             gw_part,
             gw_tmp,
             gb_part,
-            grad_x,
+            scratch if grad_x is None else grad_x,
         )
     np.sum(gw_part, axis=0, out=grad_w.reshape(G, Og, Rg))
     grad_b[...] = gb_part.sum(axis=0)
@@ -327,8 +333,9 @@ def _winograd_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b):
     # The input gradient of a stride-1 3x3 conv is the full convolution of grad_out with the
     # flipped kernel (channels swapped): Winograd again, with padding 2 - pad on each side.
     ph, pw = conv.before
-    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    _winograd(grad_out, flipped, np.zeros(conv.C, conv.dtype), (2 - ph, 2 - pw), grad_x)
+    if grad_x is not None:
+        flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _winograd(grad_out, flipped, np.zeros(conv.C, conv.dtype), (2 - ph, 2 - pw), grad_x)
     # The weight gradient: Winograd's 16 GEMMs over the tiles, per thread, then back to 3x3.
     block, T, specs = _winograd_buffers(
         conv.N, conv.C, conv.O, conv.OW, tuning().winograd_grad_tiles, conv.dtype

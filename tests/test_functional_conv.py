@@ -227,3 +227,16 @@ def test_workspace_arrays_are_aligned_and_disjoint_and_reused():
     assert a.sum() == 15 and b.sum() == 14 and c.sum() == 12  # no overlap
     (d,) = plan.workspace(((4,), np.float32))
     assert d.ctypes.data == a.ctypes.data  # the next call reuses the same buffer
+
+
+@pytest.mark.parametrize("case", ["many_ch_k3", "asym_stride_pad_dil", "depthwise_same"])
+def test_conv2d_backward_without_input_grad(rng, case, conv_path):
+    """input_grad=False (a first layer's backward) gives None and the same weight and bias
+    gradients."""
+    x, w, _, kw = _conv_inputs(rng, CONV_CASES[case], np.float64)
+    go = rng.standard_normal(F.conv2d(x, w, **kw).shape)
+    gx, gw, gb = F._conv2d_backward(go, x, w, **kw, input_grad=False)
+    assert gx is None
+    _, gw_all, gb_all = F.conv2d_backward(go, x, w, **kw)
+    np.testing.assert_array_equal(gw, gw_all)
+    np.testing.assert_array_equal(gb, gb_all)

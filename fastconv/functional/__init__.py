@@ -20,6 +20,7 @@ from fastconv.functional.activation import (
     tanh,
     tanh_backward,
 )
+from fastconv.functional.conv import _conv2d_backward as _conv2d_backward
 from fastconv.functional.conv import conv2d, conv2d_backward
 from fastconv.functional.dropout import dropout, dropout_backward
 from fastconv.functional.linear import linear, linear_backward
@@ -41,8 +42,9 @@ from fastconv.functional.unfold import col2im, im2col
 
 # Also imported above, outside ``__all__``: the private entry points fastconv's own layers call
 # (``_max_pool2d_values``, ``_max_pool2d_backward_trusted``, ``_sigmoid_backward_from_output``,
-# ``_tanh_backward_from_output``). Each skips work a layer knows is not needed: the int64 indices
-# in eval mode, the range scan of indices its own forward produced, a second forward pass.
+# ``_tanh_backward_from_output``, ``_conv2d_backward``). Each skips work a layer knows is not
+# needed: the int64 indices in eval mode, the range scan of indices its own forward produced, a
+# second forward pass, the input gradient of a first layer (``input_grad=False``).
 __all__ = [
     "conv2d",
     "conv2d_backward",

@@ -75,13 +75,23 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     -------
     grad_x : (N, C_in, H, W); grad_weight : (C_out, C_in // groups, kH, kW); grad_bias : (C_out,)
     """
+    return _conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups)
+
+
+def _conv2d_backward(
+    grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, input_grad=True
+):
+    """``conv2d_backward``; with ``input_grad=False`` returns ``(None, grad_weight,
+    grad_bias)`` and skips the input gradient where the algorithm allows (for a first layer,
+    whose input is the data: PyTorch skips it too)."""
     x, weight, conv = _conv_problem(x, weight, stride, padding, dilation, groups)
     grad_out = check_array("grad_out", grad_out, ndim=4, dtype=x.dtype)
     if grad_out.shape != (conv.N, conv.O, conv.OH, conv.OW):
         expected = (conv.N, conv.O, conv.OH, conv.OW)
         raise ValueError(f"grad_out must have shape {expected}, got {grad_out.shape}")
     algorithm = _conv_plan.choose(conv)
-    grad_x, grad_w = np.empty_like(x), np.empty_like(weight)
+    grad_x = np.empty_like(x) if input_grad else None
+    grad_w = np.empty_like(weight)
     grad_b = np.empty(conv.O, dtype=x.dtype)
     algorithm.backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b)
     return grad_x, grad_w, grad_b
