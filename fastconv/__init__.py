@@ -1,6 +1,6 @@
 """fastconv: a fast, readable CNN core for Python (numba kernels, PyTorch names)."""
 
-from fastconv import datasets, functional, init, nn, optim, reference
+from fastconv import datasets, functional, init, models, nn, optim, reference, training
 from fastconv._gradcheck import GradcheckError, gradcheck
 from fastconv._threads import get_num_threads, set_num_threads, threads
 from fastconv.serialization import load, save
@@ -11,9 +11,11 @@ __all__ = [
     "datasets",
     "functional",
     "init",
+    "models",
     "nn",
     "optim",
     "reference",
+    "training",
     "gradcheck",
     "GradcheckError",
     "get_num_threads",
