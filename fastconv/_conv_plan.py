@@ -68,6 +68,8 @@ class Conv(NamedTuple):
 
 
 class Algorithm(NamedTuple):
+    """One way to compute a convolution; see the module docstring for the four callables."""
+
     name: str
     runs: Callable[[Conv], bool]
     chosen: Callable[[Conv], bool]
@@ -84,7 +86,14 @@ class Algorithm(NamedTuple):
 def _algorithms():
     """Every conv algorithm by name, in order of preference: ``choose`` takes the first whose
     ``chosen`` holds. The measurement behind each choice is beside it (shapes of
-    ``benchmarks/report.py``)."""
+    ``benchmarks/report.py``).
+
+    An engine kept in its own module joins with one entry, imported here (this function runs
+    at the first convolution, so the engine's module may import this one for ``workspace``)::
+
+        "blocked": Algorithm("blocked", runs=_conv_blocked.runs, chosen=_conv_blocked.chosen,
+                             forward=_conv_blocked.forward, backward=_conv_blocked.backward),
+    """
     return {
         # Depthwise-style (one input channel per group): direct loops; each group's GEMM would be
         # a tiny (C_out/groups x kH*kW) matrix. Direct loops can compute any convolution, but
