@@ -108,8 +108,13 @@ def normalise(images, dataset="fashion-mnist"):
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), scaled to [0, 1] then standardised with
     the data set's ``NORMALISATION`` mean and std."""
     mean, std = NORMALISATION[dataset]
-    x = images.astype(np.float32)[:, None] / np.float32(255)
-    return (x - np.float32(mean)) / np.float32(std)
+    # In place, in the same order as ``(x / 255 - mean) / std``: the same values without two
+    # temporaries of the whole data set (188 MB each for FashionMNIST's training split).
+    x = images.astype(np.float32)[:, None]
+    x /= np.float32(255)
+    x -= np.float32(mean)
+    x /= np.float32(std)
+    return x
 
 
 def load_data(dataset="fashion-mnist", root=None, limit=None, test_limit=None):
