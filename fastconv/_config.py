@@ -59,6 +59,10 @@ class Tuning:
     # channels the weight gradient ran at half speed).
     winograd_tiles: int = 128
     winograd_grad_tiles: int = 256
+    # linear's weight gradient (x^T @ grad_out) is summed from parts over chunks of the batch,
+    # one per thread of numba's pool, as long as the parts fit in this many bytes (a 120 x 400
+    # LeNet layer needs 192 KB per part in float32); past it, fewer chunks.
+    matmul_parts_bytes: int = 32 << 20
 
 
 DEFAULT_TUNING = Tuning()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from fastconv._checks import check_array
+from fastconv._config import tuning
 from fastconv._threads import get_num_threads, single_threaded_blas
 from fastconv.kernels import matmul as kmatmul
 
@@ -56,10 +58,16 @@ def linear_backward(grad_out, x, weight):
 
 def _matmul_tn(a, b):
     """a.T @ b for C-contiguous a (K, M) and b (K, N), without a transposed copy of ``a``:
-    each thread multiplies a chunk of the K rows, then the parts are added (as the conv
-    weight gradients add per-thread parts)."""
-    T = max(1, min(get_num_threads(), a.shape[0]))
-    parts = np.empty((T, a.shape[1], b.shape[1]), dtype=a.dtype)
+    BLAS multiplies chunks of the K rows in parallel, then the parts are added in order.
+
+    The number of chunks depends on the shapes and numba's pool size (fixed for the process),
+    never on the thread count in force, so results are bit-identical at 1 and 2 threads; it is
+    capped so the parts stay within ``Tuning.matmul_parts_bytes``.
+    """
+    K, M, N = a.shape[0], a.shape[1], b.shape[1]
+    budget = tuning().matmul_parts_bytes // max(1, M * N * a.itemsize)
+    P = max(1, min(numba.config.NUMBA_NUM_THREADS, K, budget))
+    parts = np.empty((P, M, N), dtype=a.dtype)
     with single_threaded_blas():
         kmatmul._matmul_tn_parts(a, b, parts)
-    return parts[0] if T == 1 else parts.sum(axis=0)
+    return parts[0] if P == 1 else parts.sum(axis=0)

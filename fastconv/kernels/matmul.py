@@ -24,8 +24,9 @@ def _matmul(a, b, out, T):
 
 @pjit
 def _matmul_tn_parts(a, b, parts):
-    """parts[t] = a[k0:k1].T @ b[k0:k1] for T = len(parts) chunks of the shared first axis;
-    the caller adds the parts (so ``a.T @ b`` needs no transposed copy of ``a``).
+    """parts[t] = a[k0:k1].T @ b[k0:k1] for T = len(parts) chunks of the shared first axis (any
+    number, not tied to the thread count); the caller adds the parts, so ``a.T @ b`` needs no
+    transposed copy of ``a``.
 
     a (K, M) and b (K, N) C-contiguous; a row chunk of ``a`` is C-contiguous, so its transpose
     is an F-contiguous operand BLAS takes as is. A chunk of output rows instead would need
