@@ -57,17 +57,26 @@ def linear_backward(grad_out, x, weight):
 
 
 def _matmul_tn(a, b):
-    """a.T @ b for C-contiguous a (K, M) and b (K, N), without a transposed copy of ``a``:
-    BLAS multiplies chunks of the K rows in parallel, then the parts are added in order.
+    """a.T @ b for C-contiguous a (K, M) and b (K, N), without a transposed copy of ``a``
+    (``a.T`` is an F-contiguous operand BLAS takes as is).
 
-    The number of chunks depends on the shapes and numba's pool size (fixed for the process),
-    never on the thread count in force, so results are bit-identical at 1 and 2 threads; it is
-    capped so the parts stay within ``Tuning.matmul_parts_bytes``.
+    Small products are one BLAS call; larger ones are summed, in order, from parts over chunks
+    of the K rows computed in parallel (``Tuning.matmul_serial_macs``). The chunks depend on the
+    shapes and numba's pool size (fixed for the process), never on the thread count in force,
+    so results are bit-identical at 1 and 2 threads; the parts stay within
+    ``Tuning.matmul_parts_bytes``.
     """
     K, M, N = a.shape[0], a.shape[1], b.shape[1]
-    budget = tuning().matmul_parts_bytes // max(1, M * N * a.itemsize)
-    P = max(1, min(numba.config.NUMBA_NUM_THREADS, K, budget))
+    settings = tuning()
+    P = min(
+        numba.config.NUMBA_NUM_THREADS, K, settings.matmul_parts_bytes // max(1, M * N * a.itemsize)
+    )
+    if P <= 1 or K * M * N <= settings.matmul_serial_macs:
+        out = np.empty((M, N), dtype=a.dtype)
+        with single_threaded_blas():
+            kmatmul._matmul_tn(a, b, out)
+        return out
     parts = np.empty((P, M, N), dtype=a.dtype)
     with single_threaded_blas():
         kmatmul._matmul_tn_parts(a, b, parts)
-    return parts[0] if P == 1 else parts.sum(axis=0)
+    return parts.sum(axis=0)

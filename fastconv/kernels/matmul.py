@@ -8,7 +8,7 @@ other down several times over.
 import numpy as np
 from numba import prange
 
-from fastconv._config import pjit
+from fastconv._config import jit, pjit
 from fastconv.kernels._util import _fill
 
 
@@ -20,6 +20,12 @@ def _matmul(a, b, out, T):
         r0, r1 = t * M // T, (t + 1) * M // T
         if r1 > r0:
             np.dot(a[r0:r1], b, out[r0:r1])
+
+
+@jit
+def _matmul_tn(a, b, out):
+    """out = a.T @ b in one BLAS call; a (K, M) C-contiguous, so ``a.T`` is F-contiguous."""
+    np.dot(a.T, b, out)
 
 
 @pjit
