@@ -18,10 +18,9 @@ import numpy as np
 
 from fastconv._threads import get_num_threads
 from fastconv.kernels.conv_blocked import (
+    _bwd_prepare,
     _conv2d_bwd_weight_blocked,
     _conv2d_fwd_blocked,
-    _nchw_to_blocked,
-    _pad_batch,
     _sum_chunks,
 )
 
@@ -32,22 +31,18 @@ from fastconv.kernels.conv_blocked import (
 _TILES = ((1, 14), (2, 7))  # (rows, columns) of output pixels per tile
 _WEIGHT_CHUNK_BYTES = 16384  # a chunk of input channels' weights stays in L1 across tiles
 _MAX_TAPS = 28  # weight-gradient tile: blocks x taps accumulators
-_GRAD_PIXELS = 4096  # weight gradient: samples per chunk cover at least this many pixels
+_GRAD_ITEMS = 16  # weight gradient: split the samples into chunks below this many iterations
 
 
 def supports(x_shape, weight_shape, stride, padding, dilation, groups, dtype):
     """Whether this engine computes ``conv2d`` (forward and backward) for these arguments.
 
-    float32, groups 1, any kernel size, stride, dilation and padding; the input gradient only
-    for stride 1 (``supports_input_grad``). float64 stays on the GEMM/Winograd paths.
+    float32, groups 1, any kernel size, stride, dilation and padding; the input gradient
+    needs stride 1 or dilation 1 (``supports_input_grad``). float64 stays on the GEMM and
+    Winograd paths.
     """
     del x_shape, weight_shape, stride, padding, dilation
     return np.dtype(dtype) == np.float32 and groups == 1
-
-
-def supports_input_grad(stride):
-    """The input gradient is a stride-1 convolution of grad_out only when the stride is 1."""
-    return tuple(stride) == (1, 1)
 
 
 def _blocks(n_channels):
@@ -81,6 +76,27 @@ def _step(s):
     return (0,) * s if s <= 2 else s
 
 
+def _run(x, wb, bias, pad, geo, phases, out, tile, xstep):
+    """Call the blocked kernel: bias (O,) or None, geo/phases as in ``_conv2d_fwd_item``."""
+    N, O = out.shape[:2]
+    nb, tr, tw = tile
+    bb = np.zeros(wb.shape[0] * 16, dtype=np.float32)
+    if bias is not None:
+        bb[:O] = bias
+    groups = wb.shape[0] // nb
+    # One iteration per (sample, all blocks) pads each sample once; with few samples, one per
+    # (sample, group of blocks) keeps both threads busy. No effect on the results.
+    gchunk = groups if N >= 4 * get_num_threads() else 1
+    KH, KW = wb.shape[2:4]
+    cchunk = max(1, _WEIGHT_CHUNK_BYTES // (nb * KH * KW * 64))
+    phases = np.array(phases, dtype=np.int64).reshape(-1, 10)
+    _conv2d_fwd_blocked(
+        x, wb, bb, pad, geo, phases, out, gchunk, cchunk,
+        (0,) * nb, (0,) * (tr * tw), (0,) * tw, xstep,
+    )  # fmt: skip
+    return out
+
+
 def conv2d_forward(x, weight, bias, stride, padding_before, dilation, out):
     """out = conv2d(x, weight, bias); returns ``out``.
 
@@ -89,71 +105,109 @@ def conv2d_forward(x, weight, bias, stride, padding_before, dilation, out):
     comes from ``out.shape`` (so the bottom/right padding is implied).
     """
     N, O, OH, OW = out.shape
-    C, KH, KW = weight.shape[1:]
-    nb, tr, tw = _forward_tile(O, OH, OW)
-    wb = _pack_weights(weight, nb)
-    bb = np.zeros(wb.shape[0] * 16, dtype=np.float32)
-    if bias is not None:
-        bb[:O] = bias
-    groups = wb.shape[0] // nb
-    # One iteration per (sample, all blocks) pads each sample once; with few samples, one per
-    # (sample, group of blocks) keeps both threads busy. No effect on the results.
-    gchunk = groups if N >= 4 * get_num_threads() else 1
-    cchunk = max(1, _WEIGHT_CHUNK_BYTES // (nb * KH * KW * 64))
-    _conv2d_fwd_blocked(
-        x, wb, bb, *padding_before, *stride, *dilation, out, gchunk, cchunk,
-        (0,) * nb, (0,) * (tr * tw), (0,) * tw, _step(stride[1]),
-    )  # fmt: skip
-    return out
-
-
-def _input_grad(grad_out, weight, padding_before, dilation, x_shape):
-    """Stride 1: grad_x is grad_out convolved with the flipped, channel-transposed kernel,
-    padded by (K - 1)*d - p in front."""
     KH, KW = weight.shape[2:]
+    (sh, sw), (dh, dw) = stride, dilation
+    tile = nb, tr, tw = _forward_tile(O, OH, OW)
+    ohr, owr = -(-OH // tr) * tr, -(-OW // tw) * tw  # rows and columns of whole tiles
+    Hs, Ws = (ohr - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
+    geo = (sh, sw, dh, dw, 1, 1, 1, 1, Hs, Ws, ohr, owr, 0, 0)
+    phases = [OH, OW, 0, 0, 0, KH, 0, KW, 0, 0]
+    wb = _pack_weights(weight, nb)
+    return _run(x, wb, bias, tuple(padding_before), geo, phases, out, tile, _step(sw))
+
+
+def supports_input_grad(stride, dilation=(1, 1)):
+    """The input gradient: any stride with dilation 1, any dilation with stride 1."""
+    return tuple(stride) == (1, 1) or tuple(dilation) == (1, 1)
+
+
+def _residues(K, s, size, p):
+    """Phases of a stride-s input gradient along one axis: grad_out's zero padding in front,
+    and per residue r of (i + p) mod s: (outputs m, front offset, first flipped tap, taps)."""
+    front = -(-K // s) - 1  # the most taps of a residue, minus one
+    phases = []
+    for r in range(s):
+        taps = max(0, -(-(K - r) // s))  # k = r, r + s, ... < K
+        count = max(0, -(-(size + p - r) // s))  # m with s*m + r < size + p
+        phases.append((count, front - taps + 1, K - 1 - r - s * (taps - 1), taps))
+    return front, phases
+
+
+def _input_grad(grad_out, weight, stride, padding_before, dilation, x_shape):
+    """grad_x: grad_out convolved with the flipped, channel-transposed kernel (a transposed
+    convolution). Stride 1: one stride-1 convolution, grad_out padded by (K - 1)*d - p in
+    front. Stride s: one phase per residue r of (i + p) mod s (rows and columns), a stride-1
+    convolution with the taps k = r, r + s, ... whose outputs land every s-th pixel."""
+    N, C, H, W = x_shape
+    KH, KW = weight.shape[2:]
+    (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding_before
     flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-    pad = ((KH - 1) * dilation[0] - padding_before[0], (KW - 1) * dilation[1] - padding_before[1])
     grad_x = np.empty(x_shape, dtype=np.float32)
-    return conv2d_forward(grad_out, flipped, None, (1, 1), pad, dilation, grad_x)
+    if (sh, sw) == (1, 1):
+        pad = ((KH - 1) * dh - ph, (KW - 1) * dw - pw)
+        return conv2d_forward(grad_out, flipped, None, (1, 1), pad, (dh, dw), grad_x)
+    fh, rows = _residues(KH, sh, H, ph)
+    fw, cols = _residues(KW, sw, W, pw)
+    tile = nb, tr, tw = _forward_tile(C, max(r[0] for r in rows), max(c[0] for c in cols))
+    mh = -(-max(r[0] for r in rows) // tr) * tr  # phase rows and columns of whole tiles
+    mw = -(-max(c[0] for c in cols) // tw) * tw
+    phases = [
+        (ch, cw, ih0, iw0, kh0, nkh, kw0, nkw, rh, rw)
+        for rh, (ch, ih0, kh0, nkh) in enumerate(rows)
+        for rw, (cw, iw0, kw0, nkw) in enumerate(cols)
+        if ch > 0 and cw > 0
+    ]
+    # The buffer's pixel s*m + r is grad_x's pixel s*m + r - p: its region from (ph, pw) on.
+    geo = (1, 1, 1, 1, sh, sw, sh, sw, mh + fh, mw + fw, sh * mh, sw * mw, ph, pw)
+    wb = _pack_weights(flipped, nb)
+    return _run(grad_out, wb, None, (fh, fw), geo, phases, grad_x, tile, (0,))
 
 
-def _weight_grad(grad_out, x, weight_shape, stride, padding_before, dilation):
+def _weight_and_bias_grad(grad_out, x, weight_shape, stride, padding_before, dilation):
     N, O, OH, OW = grad_out.shape
     C, KH, KW = weight_shape[1:]
     # Tile: nb blocks x (krows x KW) taps of one input channel, at most _MAX_TAPS accumulators.
     krows = max(1, min(KH, _MAX_TAPS // KW))
     nb = 2 if _blocks(O) >= 2 and 2 * krows * KW <= _MAX_TAPS else 1
     ob = -(-_blocks(O) // nb) * nb
-    gb = np.empty((N, ob, OH * OW * 16), dtype=np.float32)
-    _nchw_to_blocked(grad_out, gb)
+    kht = -(-KH // krows) * krows  # whole tiles of kernel rows; the extra rows read the slack
     sh, sw = stride
     dh, dw = dilation
     Hs = (OH - 1) * sh + (KH - 1) * dh + 1
     Ws = (OW - 1) * sw + (KW - 1) * dw + 1
-    xs = np.empty((N, C * Hs * Ws + KW * dw + 16), dtype=np.float32)
-    _pad_batch(x, *padding_before, xs, Hs, Ws)
-    chunk = max(1, _GRAD_PIXELS // (OH * OW))
-    part = np.empty((-(-N // chunk), ob, C, KH, KW, 16), dtype=np.float32)
+    xs = np.empty((N, C * Hs * Ws + (kht - KH) * dh * Ws + KW * dw + 16), dtype=np.float32)
+    gb = np.empty((N, ob, OH * OW * 16), dtype=np.float32)
+    bias_part = np.empty((N, O), dtype=np.float64)
+    _bwd_prepare(x, *padding_before, xs, Hs, Ws, grad_out, gb, bias_part)
+    # Samples per chunk: all of them (each iteration sums its whole share in registers) unless
+    # the other dimensions give fewer than _GRAD_ITEMS iterations. A function of the shape
+    # only, never of the thread count, so the sums are the same at any thread count.
+    items = ob // nb * C * (kht // krows)
+    chunk = -(-N // max(1, min(N, -(-_GRAD_ITEMS // items))))
+    part = np.empty((-(-N // chunk), ob, C, kht, KW, 16), dtype=np.float32)
     _conv2d_bwd_weight_blocked(
         xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part,
         (0,) * nb, (0,) * (krows * KW), (0,) * KW,
     )  # fmt: skip
     grad_w = np.empty(weight_shape, dtype=np.float32)
-    _sum_chunks(part, O, grad_w)
-    return grad_w
+    grad_b = np.empty(O, dtype=np.float32)
+    _sum_chunks(part, bias_part, grad_w, grad_b)
+    return grad_w, grad_b
 
 
 def conv2d_backward(grad_out, x, weight, stride, padding_before, dilation, need_input_grad=True):
     """(grad_x or None, grad_weight, grad_bias) of ``conv2d_forward``.
 
     grad_out (N, O, OH, OW), x (N, C, H, W), weight (O, C, KH, KW): C-contiguous float32; the
-    other arguments as in ``conv2d_forward``. grad_x needs stride 1 (``supports_input_grad``).
+    other arguments as in ``conv2d_forward``. grad_x needs stride 1 or dilation 1
+    (``supports_input_grad``).
     """
     grad_x = None
     if need_input_grad:
-        if not supports_input_grad(stride):
-            raise ValueError(f"the input gradient needs stride 1, got {tuple(stride)}")
-        grad_x = _input_grad(grad_out, weight, padding_before, dilation, x.shape)
-    grad_w = _weight_grad(grad_out, x, weight.shape, stride, padding_before, dilation)
-    grad_b = grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+        if not supports_input_grad(stride, dilation):
+            raise ValueError(f"input gradient with stride {stride} and dilation {dilation}")
+        grad_x = _input_grad(grad_out, weight, stride, padding_before, dilation, x.shape)
+    grad_w, grad_b = _weight_and_bias_grad(
+        grad_out, x, weight.shape, stride, padding_before, dilation
+    )
     return grad_x, grad_w, grad_b

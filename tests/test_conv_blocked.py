@@ -26,6 +26,9 @@ CASES = {
     "channel_chunks": (1, 20, 6, 16, 36, (3, 3), (1, 1), (1, 1), (1, 1)),
     "k7_row_tiles": (2, 2, 9, 10, 8, (7, 7), (1, 1), (3, 3), (1, 1)),
     "nonsquare_s3": (2, 3, 10, 13, 17, (2, 4), (3, 2), (1, 2), (1, 1)),
+    "s2_k5_p2": (2, 4, 13, 10, 20, (5, 5), (2, 2), (2, 2), (1, 1)),
+    "stride_beyond_kernel": (2, 3, 11, 9, 6, (2, 2), (3, 3), (1, 1), (1, 1)),
+    "s2_dil2_no_input_grad": (1, 2, 11, 11, 4, (3, 3), (2, 2), (1, 1), (2, 2)),
 }
 
 
@@ -51,7 +54,7 @@ def _forward(x, w, b, case):
 
 def _backward(go, x, w, case):
     N, C, H, W, O, k, s, p, d = case
-    return cb.conv2d_backward(go, x, w, s, p, d, need_input_grad=cb.supports_input_grad(s))
+    return cb.conv2d_backward(go, x, w, s, p, d, need_input_grad=cb.supports_input_grad(s, d))
 
 
 def _reference(x, w, b, go, case):
@@ -72,7 +75,7 @@ def test_forward_and_backward_match_reference(rng, case):
     gx, gw, gb = _backward(go, x, w, case)
     assert_close32(gw, gw_ref)
     assert_close32(gb, gb_ref)
-    if cb.supports_input_grad(case[6]):
+    if cb.supports_input_grad(case[6], case[8]):
         assert_close32(gx, gx_ref)
     else:
         assert gx is None

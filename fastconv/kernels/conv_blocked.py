@@ -12,6 +12,9 @@ FMAs per 2 weight loads and 14 broadcasts. The input sample is first copied into
 workspace so the inner loop has no bounds checks; the tile's results go to a blocked buffer
 (pixel-major, 16 channels contiguous) and are transposed to NCHW 16x16 at a time.
 
+Every ``prange`` body is one call of a serial kernel (``_item`` suffix): numba's parallel
+passes cost ~1.7 s of compile time on the forward body written inline, ~0.1 s around a call.
+
 Tile shapes are compile-time constants carried by the types of dummy tuples ``(0,) * k``:
 ``blocks`` (NB), ``pixels`` (TR*TW) and ``cols`` (TW); ``_conv_blocked.py`` chooses them per
 shape. ``xstep`` is ``(0,) * sw`` (the column stride as a constant) or ``sw`` itself.
@@ -27,8 +30,10 @@ from fastconv.kernels.simd import (
     tile_repeat,
     tile_store,
     transpose16,
+    vload,
     vload_part,
     vload_tuple,
+    vstore,
     vstore_part,
     vzeros,
 )
@@ -78,79 +83,112 @@ def _blocked_to_nchw(buf, n, o0, out):
 
 @pjit
 def _conv2d_fwd_blocked(
-    x, wb, bb, ph, pw, sh, sw, dh, dw, out, gchunk, cchunk, blocks, pixels, cols, xstep
+    x, wb, bb, pad, geo, phases, out, gchunk, cchunk, blocks, pixels, cols, xstep
 ):
-    """out = conv2d(x, weight) + bias; wb packed as above with OB a multiple of NB blocks,
-    bb (OB*16,) the bias (zeros for none). prange over (sample, chunk of ``gchunk`` groups of NB
+    """out = conv2d(x, weight) + bias, or a transposed convolution (an input gradient) as
+    phases: see ``_conv2d_fwd_item``. prange over (sample, chunk of ``gchunk`` groups of NB
     blocks): the iteration pads its sample once and computes all its groups' channels."""
-    N, C = x.shape[0], x.shape[1]
+    G = wb.shape[0] // len(blocks)
+    nchunks = (G + gchunk - 1) // gchunk
+    for it in prange(x.shape[0] * nchunks):
+        n, g0 = it // nchunks, it % nchunks * gchunk
+        _conv2d_fwd_item(
+            x, wb, bb, pad, geo, phases, out, n, g0, min(G, g0 + gchunk), cchunk,
+            blocks, pixels, cols, xstep,
+        )  # fmt: skip
+
+
+@jit
+def _conv2d_fwd_item(
+    x, wb, bb, pad, geo, phases, out, n, g0, g1, cchunk, blocks, pixels, cols, xstep
+):
+    """Sample n, groups [g0, g1) of NB blocks of output channels.
+
+    The sample is zero-padded by ``pad`` (top, left) into xs (C, Hs, Ws). Each phase
+    (a row of ``phases``: Mh, Mw, ih0, iw0, kh0, nkh, kw0, nkw, oh0, ow0) computes Mh x Mw
+    pixels: pixel (m, m') and tap (jh, jw) read ``xs[c, m*sh + jh*dh + ih0, m'*sw + jw*dw + iw0]``
+    times weight tap ``(kh0 + jh*tsh, kw0 + jw*tsw)``, and land in the blocked buffer
+    (NB, Hb, Wb, 16) at pixel ``(m*osh + oh0, m'*osw + ow0)``. The buffer's region starting at
+    (r0, c0) is then ``out[n]``. A forward convolution is one phase (all taps, ts = os = 1); the
+    input gradient of a stride-s convolution is s*s phases of a stride-1 convolution with the
+    flipped kernel, one per output residue mod s, each with the taps of that residue (ts = os = s).
+    Tiles at the edges compute whole tiles: the buffer and xs cover them, and their extra
+    pixels are never copied out.
+    """
+    ph, pw = pad
+    sh, sw, dh, dw, tsh, tsw, osh, osw, Hs, Ws, Hb, Wb, r0, c0 = geo
+    C = x.shape[1]
     O, OH, OW = out.shape[1], out.shape[2], out.shape[3]
-    OB, KH, KW = wb.shape[0], wb.shape[2], wb.shape[3]
+    KH, KW = wb.shape[2], wb.shape[3]
     NB, TW = len(blocks), len(cols)
     TR = len(pixels) // TW
-    G = OB // NB
-    nchunks = (G + gchunk - 1) // gchunk
-    # Workspace extent: every row and column any tile reads, edge tiles included (their extra
-    # pixels read real or zero data and are never stored). A tile past the last column reads
-    # into the next row, and after the last plane into the zeroed slack.
-    OHt = (OH + TR - 1) // TR * TR
-    Hs = (OHt - 1) * sh + (KH - 1) * dh + 1
-    Ws = (OW - 1) * sw + (KW - 1) * dw + 1
-    slack = TW * sw + 16
-    P = OH * OW
+    Pb = Hb * Wb
     wstep = C * KH * KW * 16  # from one block of weights to the next
-    for it in prange(N * nchunks):
-        n, chunk = it // nchunks, it % nchunks
-        xs = np.empty(C * Hs * Ws + slack, dtype=np.float32)
-        _pad_sample(x, n, ph, pw, xs, Hs, Ws)
-        buf = np.empty(NB * P * 16, dtype=np.float32)  # (NB, OH, OW, 16)
-        for g in range(chunk * gchunk, min(G, (chunk + 1) * gchunk)):
-            bias = vload_tuple(bb, g * NB * 16, 16, blocks)
-            w0 = g * NB * wstep
-            # Input channels in chunks of ``cchunk`` so the chunk's weights stay in L1 while
-            # every tile reads them; the tiles' partial sums wait in ``buf`` between chunks.
-            for c0 in range(0, C, cchunk):
-                for th in range(0, OH, TR):
-                    for tw in range(0, OW, TW):
-                        nr, nc = min(TR, OH - th), min(TW, OW - tw)
-                        at = (th * OW + tw) * 16
-                        if c0 == 0:
-                            acc = tile_repeat(bias, pixels)
-                        else:
-                            acc = tile_load(
-                                buf, at, 16, OW * 16, P * 16, blocks, pixels, cols, nr, nc
-                            )
-                        for c in range(c0, min(C, c0 + cchunk)):
-                            for kh in range(KH):
-                                xrow = (c * Hs + th * sh + kh * dh) * Ws + tw * sw
-                                wrow = w0 + (c * KH + kh) * KW * 16
-                                for kw in range(KW):
-                                    w = vload_tuple(wb, wrow + kw * 16, wstep, blocks)
-                                    acc = tile_fma(acc, xs, xrow + kw * dw, xstep, sh * Ws, w, cols)
-                        tile_store(buf, at, 16, OW * 16, P * 16, acc, blocks, cols, nr, nc)
-            for b in range(NB):
-                o0 = (g * NB + b) * 16
-                if o0 < O:
-                    _blocked_to_nchw(buf[b * P * 16 : (b + 1) * P * 16], n, o0, out)
+    xs = np.empty(C * Hs * Ws + TW * sw + 16, dtype=np.float32)  # slack: edge tiles
+    _pad_sample(x, n, ph, pw, xs, Hs, Ws)
+    buf = np.empty(NB * Pb * 16, dtype=np.float32)
+    for g in range(g0, g1):
+        for b in range(NB):  # the tiles start from the bias
+            bias = vload(bb, (g * NB + b) * 16)
+            for p in range(Pb):
+                vstore(buf, (b * Pb + p) * 16, bias)
+        w0 = g * NB * wstep
+        # Input channels in chunks of ``cchunk`` so the chunk's weights stay in L1 while every
+        # tile reads them; the tiles' partial sums wait in ``buf`` between chunks (loading and
+        # storing a tile once per chunk is ~1% of its FMAs).
+        for ci in range(0, C, cchunk):
+            for k in range(phases.shape[0]):
+                Mh, Mw, ih0, iw0, kh0, nkh, kw0, nkw, oh0, ow0 = phases[k]
+                for th in range(0, Mh, TR):
+                    for tw in range(0, Mw, TW):
+                        at = ((th * osh + oh0) * Wb + tw * osw + ow0) * 16
+                        acc = tile_load(
+                            buf, at, osw * 16, osh * Wb * 16, Pb * 16, blocks, pixels, cols
+                        )
+                        for c in range(ci, min(C, ci + cchunk)):
+                            for jh in range(nkh):
+                                xrow = (c * Hs + th * sh + jh * dh + ih0) * Ws + tw * sw + iw0
+                                wrow = w0 + ((c * KH + kh0 + jh * tsh) * KW + kw0) * 16
+                                for jw in range(nkw):
+                                    w = vload_tuple(wb, wrow + jw * tsw * 16, wstep, blocks)
+                                    acc = tile_fma(acc, xs, xrow + jw * dw, xstep, sh * Ws, w, cols)
+                        tile_store(buf, at, osw * 16, osh * Wb * 16, Pb * 16, acc, blocks, cols)
+        for b in range(NB):
+            o0 = (g * NB + b) * 16
+            if o0 < O:
+                block = buf[b * Pb * 16 : (b + 1) * Pb * 16]
+                if r0 != 0 or c0 != 0 or Wb != OW:
+                    _compact_region(block, r0, c0, OH, OW, Wb)
+                _blocked_to_nchw(block, n, o0, out)
+
+
+@jit
+def _compact_region(block, r0, c0, OH, OW, Wb):
+    """Pixel (r0 + oh, c0 + ow) of a (., Wb) grid of 16-float pixels -> pixel oh*OW + ow, in
+    place (front to back is safe: every destination lies at or before its source)."""
+    for oh in range(OH):
+        src = ((r0 + oh) * Wb + c0) * 16
+        for i in range(0, OW * 16, 16):
+            vstore(block, oh * OW * 16 + i, vload(block, src + i))
 
 
 @pjit
-def _pad_batch(x, ph, pw, xs, Hs, Ws):
-    """xs[n] = the zero-padded sample n, as ``_pad_sample`` (xs (N, C*Hs*Ws + slack))."""
+def _bwd_prepare(x, ph, pw, xs, Hs, Ws, g, gb, bias_part):
+    """Per sample n: xs[n] = padded x[n] (``_pad_sample``), gb[n] = g[n] in 16-channel blocks
+    (``_nchw_to_blocked``), bias_part[n, o] = sum over pixels of g[n, o]."""
     for n in prange(x.shape[0]):
         _pad_sample(x, n, ph, pw, xs[n], Hs, Ws)
+        _nchw_to_blocked(g, n, gb[n], bias_part[n])
 
 
-@pjit
-def _nchw_to_blocked(g, gb):
-    """gb[n, ob, p*16 + j] = g[n, 16*ob + j, p] (zero for channels >= O); g (N, O, OH, OW)
-    and gb (N, OB, OH*OW*16). 16x16 transposes, scalars for the edges."""
-    N, O, OW = g.shape[0], g.shape[1], g.shape[3]
+@jit
+def _nchw_to_blocked(g, n, gb, bias_part):
+    """gb[ob, p*16 + j] = g[n, 16*ob + j, p] (zero for channels >= O), gb (OB, OH*OW*16);
+    bias_part[o] = sum of g[n, o] over pixels (float64). 16x16 transposes, scalars at edges."""
+    O, OW = g.shape[1], g.shape[3]
     P = g.shape[2] * OW
-    OB = gb.shape[1]
-    for it in prange(N * OB):
-        n, ob = it // OB, it % OB
-        dst = gb[n, ob]
+    for ob in range(gb.shape[0]):
+        dst = gb[ob]
         o0 = ob * 16
         nj = min(16, O - o0)
         p0 = 0
@@ -167,6 +205,12 @@ def _nchw_to_blocked(g, gb):
                 ow += 1
                 if ow == OW:
                     oh, ow = oh + 1, 0
+    for o in range(O):
+        s = 0.0
+        for oh in range(g.shape[2]):
+            for ow in range(OW):
+                s += g[n, o, oh, ow]
+        bias_part[o] = s
 
 
 @pjit
@@ -175,42 +219,54 @@ def _conv2d_bwd_weight_blocked(xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part, 
     ``part[k, ob, c, kh, kw, j] = sum over samples n of chunk k and output pixels (oh, ow) of
     gb[n, ob, (oh*OW + ow)*16 + j] * x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]``.
 
-    xs (N, C*Hs*Ws + slack) the padded input (``_pad_batch``), gb (N, OB, P*16) the output
-    gradient in blocks (``_nchw_to_blocked``), part (K, OB, C, KH, KW, 16). The register tile is
-    NB blocks x TRK kernel rows x KW taps of one input channel (``taps`` has TRK*KW entries,
-    ``cols`` KW): each output pixel loads NB gradient vectors and broadcasts TRK*KW inputs. The
-    chunks depend on the shape only, so the sum over chunks (``_sum_chunks``) is the same at
-    any thread count.
+    xs (N, C*Hs*Ws + slack) the padded input, gb (N, OB, P*16) the output gradient in blocks
+    (both from ``_bwd_prepare``), part (K, OB, C, KHt, KW, 16), KHt a multiple of TRK. The
+    register tile is NB blocks x TRK kernel rows x KW taps of one input channel (``taps`` has
+    TRK*KW entries, ``cols`` KW): each output pixel loads NB gradient vectors and broadcasts
+    TRK*KW inputs. The chunks depend on the shape only, so the sum over chunks
+    (``_sum_chunks``) is the same at any thread count.
     """
-    N = gb.shape[0]
-    OB, C, KH, KW = part.shape[1], part.shape[2], part.shape[3], part.shape[4]
-    P = gb.shape[2] // 16
-    OH = P // OW
-    NB, TRK = len(blocks), len(taps) // len(cols)
-    G, K = OB // NB, part.shape[0]
-    R = (KH + TRK - 1) // TRK  # tiles of kernel rows
-    for it in prange(K * G * C * R):
+    G = part.shape[1] // len(blocks)
+    C, R = part.shape[2], part.shape[3] * len(cols) // len(taps)  # R tiles of kernel rows
+    for it in prange(part.shape[0] * G * C * R):
         k, rest = it // (G * C * R), it % (G * C * R)
         g, rest = rest // (C * R), rest % (C * R)
-        c, kh0 = rest // R, rest % R * TRK
-        acc = tile_repeat(vzeros(blocks), taps)
-        for n in range(k * chunk, min(N, (k + 1) * chunk)):
-            grad, x = gb[n], xs[n]
-            for oh in range(OH):
-                for ow in range(OW):
-                    gv = vload_tuple(grad, (g * NB * P + oh * OW + ow) * 16, P * 16, blocks)
-                    at = (c * Hs + oh * sh + kh0 * dh) * Ws + ow * sw
-                    acc = tile_fma(acc, x, at, dw, dh * Ws, gv, cols)
-        at = (((k * OB + g * NB) * C + c) * KH + kh0) * KW * 16
-        nr = min(TRK, KH - kh0)
-        tile_store(part, at, 16, KW * 16, C * KH * KW * 16, acc, blocks, cols, nr, KW)
+        _weight_grad_item(
+            xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part, k, g, rest // R, rest % R,
+            blocks, taps, cols,
+        )  # fmt: skip
 
 
-@pjit
-def _sum_chunks(part, O, grad_w):
-    """grad_w[o, c, kh, kw] = sum over k (in order) of part[k, o // 16, c, kh, kw, o % 16]."""
-    K, C, KH, KW = part.shape[0], part.shape[2], part.shape[3], part.shape[4]
-    for o in prange(O):
+@jit
+def _weight_grad_item(
+    xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part, k, g, c, r, blocks, taps, cols
+):
+    """Chunk k of samples, group g of NB blocks, input channel c, tile r of kernel rows."""
+    OB, C, KHt, KW = part.shape[1], part.shape[2], part.shape[3], part.shape[4]
+    P = gb.shape[2] // 16
+    OH = P // OW
+    NB = len(blocks)
+    kh0 = r * (len(taps) // len(cols))
+    acc = tile_repeat(vzeros(blocks), taps)
+    for n in range(k * chunk, min(gb.shape[0], (k + 1) * chunk)):
+        grad, x = gb[n], xs[n]
+        for oh in range(OH):
+            for ow in range(OW):
+                gv = vload_tuple(grad, (g * NB * P + oh * OW + ow) * 16, P * 16, blocks)
+                at = (c * Hs + oh * sh + kh0 * dh) * Ws + ow * sw
+                acc = tile_fma(acc, x, at, dw, dh * Ws, gv, cols)
+    at = (((k * OB + g * NB) * C + c) * KHt + kh0) * KW * 16
+    tile_store(part, at, 16, KW * 16, C * KHt * KW * 16, acc, blocks, cols)
+
+
+@jit
+def _sum_chunks(part, bias_part, grad_w, grad_b):
+    """grad_w[o, c, kh, kw] = sum over k (in order) of part[k, o // 16, c, kh, kw, o % 16]
+    (part may have more kernel rows than grad_w: whole tiles of rows); grad_b[o] = sum over
+    n (in order) of bias_part[n, o]. Serial: small next to the products."""
+    K = part.shape[0]
+    O, C, KH, KW = grad_w.shape
+    for o in range(O):
         ob, j = o // 16, o % 16
         for c in range(C):
             for kh in range(KH):
@@ -219,3 +275,7 @@ def _sum_chunks(part, O, grad_w):
                     for k in range(1, K):
                         s += part[k, ob, c, kh, kw, j]
                     grad_w[o, c, kh, kw] = s
+        t = 0.0
+        for n in range(bias_part.shape[0]):
+            t += bias_part[n, o]
+        grad_b[o] = t

@@ -302,91 +302,67 @@ def tile_fma(typingctx, acc, arr, index, step, row_step, w, cols):
     return acc(acc, arr, index, step, row_step, w, cols), codegen
 
 
+def _tile_addresses(builder, idx, stp, rstp, bstp, nb, npx, tw):
+    """Flat index of block b, pixel p = r*tw + q: idx + b*bstp + r*rstp + q*stp."""
+    const = ir.Constant
+    return [
+        builder.add(
+            idx,
+            builder.add(
+                builder.mul(bstp, const(idx.type, b)),
+                builder.add(
+                    builder.mul(rstp, const(idx.type, p // tw)),
+                    builder.mul(stp, const(idx.type, p % tw)),
+                ),
+            ),
+        )
+        for b in range(nb)
+        for p in range(npx)
+    ]
+
+
 @intrinsic
-def tile_store(typingctx, arr, index, step, row_step, block_step, acc, blocks, cols, nrows, ncols):
-    """Store a tile: ``arr.flat[index + b*block_step + r*row_step + q*step : +16] = acc[...]``
-    for the pixels ``(r, q)`` with ``r < nrows`` and ``q < ncols`` (a tile at the edge of the
-    output stores only its valid pixels). Tile layout as in ``tile_fma``."""
+def tile_store(typingctx, arr, index, step, row_step, block_step, acc, blocks, cols):
+    """Store a tile (layout as in ``tile_fma``, ``len(cols)`` pixels a row): vector
+    ``acc[b*P + r*len(cols) + q]`` to ``arr.flat[index + b*block_step + r*row_step + q*step:]``.
+
+    Every pixel is stored, so the destination holds whole tiles even at the output's edges
+    (branches per pixel made the kernels several times slower to compile)."""
     if not (_is_f32_array(arr) and _is_vec_tuple(acc) and _ints(index, step, row_step)):
         return None
-    if not (_ints(block_step, nrows, ncols) and _length(blocks) > 0 and _length(cols) > 0):
+    if not (_ints(block_step) and _length(blocks) > 0 and _length(cols) > 0):
         return None
     nb, tw = len(blocks), len(cols)
     npx = len(acc) // nb
 
     def codegen(context, builder, sig, args):
-        a = cgutils.unpack_tuple(builder, args[5], nb * npx)
-        idx, stp, rstp, bstp, nr, nc = _intp(context, builder, sig, args, 1, 2, 3, 4, 8, 9)
-        for p in range(npx):
-            r, q = divmod(p, tw)
-            ok = builder.and_(
-                builder.icmp_signed("<", ir.Constant(idx.type, r), nr),
-                builder.icmp_signed("<", ir.Constant(idx.type, q), nc),
-            )
-            with builder.if_then(ok):
-                pix = builder.add(
-                    builder.mul(rstp, ir.Constant(idx.type, r)),
-                    builder.mul(stp, ir.Constant(idx.type, q)),
-                )
-                for b in range(nb):
-                    at = builder.add(
-                        idx, builder.add(pix, builder.mul(bstp, ir.Constant(idx.type, b)))
-                    )
-                    ptr = _pointer(context, builder, sig.args[0], args[0], at)
-                    builder.store(a[b * npx + p], ptr, align=4)
+        vecs = cgutils.unpack_tuple(builder, args[5], nb * npx)
+        idx, stp, rstp, bstp = _intp(context, builder, sig, args, 1, 2, 3, 4)
+        addresses = _tile_addresses(builder, idx, stp, rstp, bstp, nb, npx, tw)
+        for v, at in zip(vecs, addresses, strict=True):
+            builder.store(v, _pointer(context, builder, sig.args[0], args[0], at), align=4)
         return context.get_dummy_value()
 
-    sig = types.none(arr, index, step, row_step, block_step, acc, blocks, cols, nrows, ncols)
-    return sig, codegen
+    return types.none(arr, index, step, row_step, block_step, acc, blocks, cols), codegen
 
 
 @intrinsic
-def tile_load(
-    typingctx, arr, index, step, row_step, block_step, blocks, pixels, cols, nrows, ncols
-):
-    """The tile ``tile_store`` stored (same arguments, ``len(pixels)`` pixels per block);
-    pixels outside ``nrows x ncols`` are zeros and their memory is not read."""
-    if not (_is_f32_array(arr) and _ints(index, step, row_step, block_step, nrows, ncols)):
+def tile_load(typingctx, arr, index, step, row_step, block_step, blocks, pixels, cols):
+    """The tile ``tile_store`` stored with the same arguments (``len(pixels)`` pixels)."""
+    if not (_is_f32_array(arr) and _ints(index, step, row_step, block_step)):
         return None
     if not (_length(blocks) > 0 and _length(pixels) > 0 and _length(cols) > 0):
         return None
     nb, npx, tw = len(blocks), len(pixels), len(cols)
-    if npx % tw:
-        return None
     rtype = types.UniTuple(float32x16, nb * npx)
 
     def codegen(context, builder, sig, args):
-        idx, stp, rstp, bstp, nr, nc = _intp(context, builder, sig, args, 1, 2, 3, 4, 8, 9)
-        zero = ir.Constant(_VEC, [0.0] * LANES)
-        out = [zero] * (nb * npx)
-        for p in range(npx):
-            r, q = divmod(p, tw)
-            ok = builder.and_(
-                builder.icmp_signed("<", ir.Constant(idx.type, r), nr),
-                builder.icmp_signed("<", ir.Constant(idx.type, q), nc),
-            )
-            pix = builder.add(
-                builder.mul(rstp, ir.Constant(idx.type, r)),
-                builder.mul(stp, ir.Constant(idx.type, q)),
-            )
-            before = builder.block
-            with builder.if_then(ok):
-                inside = builder.block
-                loaded = []
-                for b in range(nb):
-                    at = builder.add(
-                        idx, builder.add(pix, builder.mul(bstp, ir.Constant(idx.type, b)))
-                    )
-                    loaded.append(_load(context, builder, sig.args[0], args[0], at))
-            for b in range(nb):
-                phi = builder.phi(_VEC)
-                phi.add_incoming(loaded[b], inside)
-                phi.add_incoming(zero, before)
-                out[b * npx + p] = phi
-        return context.make_tuple(builder, rtype, out)
+        idx, stp, rstp, bstp = _intp(context, builder, sig, args, 1, 2, 3, 4)
+        addresses = _tile_addresses(builder, idx, stp, rstp, bstp, nb, npx, tw)
+        vecs = [_load(context, builder, sig.args[0], args[0], at) for at in addresses]
+        return context.make_tuple(builder, rtype, vecs)
 
-    sig = rtype(arr, index, step, row_step, block_step, blocks, pixels, cols, nrows, ncols)
-    return sig, codegen
+    return rtype(arr, index, step, row_step, block_step, blocks, pixels, cols), codegen
 
 
 @intrinsic
