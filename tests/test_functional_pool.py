@@ -209,3 +209,21 @@ def test_max_pool2d_backward_trusted_checks_grad_out_shape(rng):
     y, idx = F.max_pool2d(x, 2)
     with pytest.raises(ValueError, match="indices must have grad_out's shape"):
         F._max_pool2d_backward_trusted(np.zeros((1, 2, 3, 2)), idx, x.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_2x2_kernel_nan_inf_ties_like_reference(dtype):
+    """The 2x2 stride-2 kernel (its own code path): NaN propagates with the last NaN's index,
+    an all -inf window gives its first tap, ties give the first tap; values-only agrees."""
+    x = np.arange(2 * 6 * 7, dtype=dtype).reshape(1, 2, 6, 7)  # odd width: last column unused
+    x[0, 0, 0, 1] = np.nan
+    x[0, 0, 1, 0] = -np.nan  # two NaNs in one window: the later one (in visiting order) wins
+    x[0, 0, 2:4, 2:4] = -np.inf
+    x[0, 1, 4:6, 0:2] = 5.0  # a four-way tie
+    y, idx = F.max_pool2d(x, 2)
+    y_ref, idx_ref = R.max_pool2d(x, 2)
+    np.testing.assert_array_equal(idx, idx_ref)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(y.view(bits), y_ref.view(bits))
+    np.testing.assert_array_equal(F._max_pool2d_values(x, 2).view(bits), y.view(bits))
+    assert idx[0, 0, 0, 0] == 7 and idx[0, 0, 1, 1] == 2 * 7 + 2 and idx[0, 1, 2, 0] == 4 * 7

@@ -81,11 +81,36 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     indices : int64 (N, C, OH, OW), each the flat index ``ih*W + iw`` of the max in its plane.
         NaN propagates (a window holding NaN gives NaN).
     """
-    x, (kernel, stride, padding, dilation), out_shape, inside = _max_pool_setup(
+    x, geometry, out_shape, inside = _max_pool_setup(
         x, kernel_size, stride, padding, dilation, ceil_mode
     )
     y = np.empty(out_shape, dtype=x.dtype)
     indices = np.empty(out_shape, dtype=np.int64)
+    _max_pool_run(x, geometry, inside, y, indices)
+    return y, indices
+
+
+def _max_pool2d_values(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """The ``y`` of ``max_pool2d`` alone (eval mode, where no gradient is routed back): same
+    checks, same values; the common 2x2 stride-2 window builds no int64 indices."""
+    x, geometry, out_shape, inside = _max_pool_setup(
+        x, kernel_size, stride, padding, dilation, ceil_mode
+    )
+    y = np.empty(out_shape, dtype=x.dtype)
+    _max_pool_run(x, geometry, inside, y, None)
+    return y
+
+
+def _max_pool_run(x, geometry, inside, y, indices):
+    """Fill ``y`` (and ``indices`` unless None) with the kernel that fits the windows."""
+    kernel, stride, padding, dilation = geometry
+    if inside and kernel == (2, 2) and stride == (2, 2) and dilation == (1, 1):
+        with_indices = indices is not None
+        idx = indices if with_indices else np.empty((1, 1, 1, 1), np.int64)
+        kpool._maxpool2d_2x2(_planes(x), _planes(y), _planes(idx), with_indices)
+        return
+    if indices is None:  # other windows: the indexed kernels, with scratch indices
+        indices = np.empty(y.shape, np.int64)
     if inside:
         kpool._maxpool2d_fwd_inside(
             _planes(x), *kernel, *stride, *dilation, _planes(y), _planes(indices)
@@ -94,21 +119,6 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         kpool._maxpool2d_fwd(
             _planes(x), *kernel, *stride, *padding, *dilation, _planes(y), _planes(indices)
         )
-    return y, indices
-
-
-def _max_pool2d_values(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-    """The ``y`` of ``max_pool2d`` alone, without building the int64 indices (eval mode, where
-    no gradient is routed back). Same checks and the same values."""
-    x, (kernel, stride, padding, dilation), out_shape, inside = _max_pool_setup(
-        x, kernel_size, stride, padding, dilation, ceil_mode
-    )
-    y = np.empty(out_shape, dtype=x.dtype)
-    if inside:
-        kpool._maxpool2d_values_inside(_planes(x), *kernel, *stride, *dilation, _planes(y))
-    else:
-        kpool._maxpool2d_values(_planes(x), *kernel, *stride, *padding, *dilation, _planes(y))
-    return y
 
 
 def max_pool2d_backward(grad_out, indices, input_shape):

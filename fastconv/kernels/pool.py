@@ -78,73 +78,33 @@ def _maxpool2d_fwd_inside(x, KH, KW, sh, sw, dh, dw, y, idx):
 
 
 @jit
-def _last_nan(plane, h0, w0, i_lo, i_hi, j_lo, j_hi, dh, dw):
-    """The last NaN among a window's taps, in visiting order (the value the indexed kernels
-    return for a window holding NaN). Only called for such windows."""
-    found = plane[h0 + i_lo * dh, w0 + j_lo * dw]
-    for i in range(i_lo, i_hi):
-        row = plane[h0 + i * dh]
-        for j in range(j_lo, j_hi):
-            v = row[w0 + j * dw]
-            if v != v:
-                found = v
-    return found
-
-
-# The values-only kernels below (eval mode: no gradient to route, so no int64 indices) give the
-# values of the indexed kernels above. Written with the indexed kernels' ``if v > best or v != v``
-# they ran 3x slower than those (LLVM made a branchy loop of it); a select for the max and a NaN
-# flag, with a rescan of the rare windows that hold NaN, runs as fast as the indexed kernels.
+def _take(v, v_at, best, best_at):
+    """PyTorch's update rule as a select (no branch): the later tap wins if greater or NaN."""
+    take = (v > best) | (v != v)
+    return (v, v_at) if take else (best, best_at)
 
 
 @pjit
-def _maxpool2d_values(x, KH, KW, sh, sw, ph, pw, dh, dw, y):
-    """y = the values of ``_maxpool2d_fwd``, without its indices."""
+def _maxpool2d_2x2(x, y, idx, with_indices):
+    """``_maxpool2d_fwd_inside`` for the commonest window, 2x2 with stride 2: the four taps
+    written out so LLVM turns the update rule into vector selects (2.7x faster than the general
+    loop). ``idx`` is written only ``with_indices`` (eval mode needs the values alone)."""
     P, H, W = x.shape
     OH, OW = y.shape[1], y.shape[2]
     for p in prange(P):
         plane = x[p]
         for oh in range(OH):
-            h0 = oh * sh - ph
-            i_lo, i_hi = _taps_inside(h0, H, dh, KH)
+            top, bottom = plane[2 * oh], plane[2 * oh + 1]
+            at = 2 * oh * W
             for ow in range(OW):
-                w0 = ow * sw - pw
-                j_lo, j_hi = _taps_inside(w0, W, dw, KW)
-                best = plane[h0 + i_lo * dh, w0 + j_lo * dw]
-                nan = False
-                for i in range(i_lo, i_hi):
-                    row = plane[h0 + i * dh]
-                    for j in range(j_lo, j_hi):
-                        v = row[w0 + j * dw]
-                        best = v if v > best else best
-                        nan |= v != v
-                if nan:
-                    best = _last_nan(plane, h0, w0, i_lo, i_hi, j_lo, j_hi, dh, dw)
+                k = 2 * ow
+                best, best_at = top[k], at + k
+                best, best_at = _take(top[k + 1], at + k + 1, best, best_at)
+                best, best_at = _take(bottom[k], at + W + k, best, best_at)
+                best, best_at = _take(bottom[k + 1], at + W + k + 1, best, best_at)
                 y[p, oh, ow] = best
-
-
-@pjit
-def _maxpool2d_values_inside(x, KH, KW, sh, sw, dh, dw, y):
-    """``_maxpool2d_values`` for windows that all lie inside the input."""
-    P = x.shape[0]
-    OH, OW = y.shape[1], y.shape[2]
-    for p in prange(P):
-        plane = x[p]
-        for oh in range(OH):
-            h0 = oh * sh
-            for ow in range(OW):
-                w0 = ow * sw
-                best = plane[h0, w0]
-                nan = False
-                for i in range(KH):
-                    row = plane[h0 + i * dh]
-                    for j in range(KW):
-                        v = row[w0 + j * dw]
-                        best = v if v > best else best
-                        nan |= v != v
-                if nan:
-                    best = _last_nan(plane, h0, w0, 0, KH, 0, KW, dh, dw)
-                y[p, oh, ow] = best
+                if with_indices:
+                    idx[p, oh, ow] = best_at
 
 
 @pjit
