@@ -8,9 +8,7 @@ library.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from unittest import mock
 
 import numpy as np
 
@@ -116,30 +114,3 @@ def torch_trainer(name, seed=0):
 def trainer(impl, name, seed=0):
     """``fastconv_trainer`` or ``torch_trainer`` by name."""
     return {"fastconv": fastconv_trainer, "torch": torch_trainer}[impl](name, seed)
-
-
-@contextlib.contextmanager
-def reference_layers():
-    """Inside the block ``fastconv.nn`` layers call ``fastconv.reference`` (the NumPy loops)
-    instead of ``fastconv.functional``: a training step of the slow twin.
-
-    Each layer file of ``fastconv.nn`` calls its ops through its module-level name ``F``, which
-    is swapped here file by file (``fastconv.nn`` offers no switch of its own yet).
-    """
-    import sys
-
-    import fastconv.functional
-    import fastconv.nn
-    import fastconv.reference
-
-    layer_files = [
-        module
-        for name, module in list(sys.modules.items())
-        if name.startswith("fastconv.nn") and getattr(module, "F", None) is fastconv.functional
-    ]
-    if not layer_files:
-        raise RuntimeError("no fastconv.nn file calls fastconv.functional as F: update this")
-    with contextlib.ExitStack() as stack:
-        for module in layer_files:
-            stack.enter_context(mock.patch.object(module, "F", fastconv.reference))
-        yield
