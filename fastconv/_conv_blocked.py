@@ -63,12 +63,13 @@ def _forward_tile(O, OH, OW):
 
 
 def _pack_weights(weight, nb):
-    """(OB, C, KH, KW, 16) with OB a multiple of nb; zero weights for channels past O."""
+    """(G, C, KH, KW, nb*16): groups of nb blocks of 16 output channels, zeros past O."""
     O, C, KH, KW = weight.shape
-    ob = -(-_blocks(O) // nb) * nb
-    wp = np.zeros((ob * 16, C, KH, KW), dtype=np.float32)
+    g = -(-_blocks(O) // nb)
+    wp = np.zeros((g * nb * 16, C, KH, KW), dtype=np.float32)
     wp[:O] = weight
-    return np.ascontiguousarray(wp.reshape(ob, 16, C, KH, KW).transpose(0, 2, 3, 4, 1))
+    wp = wp.reshape(g, nb * 16, C, KH, KW).transpose(0, 2, 3, 4, 1)
+    return np.ascontiguousarray(wp)
 
 
 def _step(s):
@@ -80,15 +81,15 @@ def _run(x, wb, bias, pad, geo, phases, out, tile, xstep):
     """Call the blocked kernel: bias (O,) or None, geo/phases as in ``_conv2d_fwd_item``."""
     N, O = out.shape[:2]
     nb, tr, tw = tile
-    bb = np.zeros(wb.shape[0] * 16, dtype=np.float32)
+    bb = np.zeros(wb.shape[0] * nb * 16, dtype=np.float32)
     if bias is not None:
         bb[:O] = bias
-    groups = wb.shape[0] // nb
+    groups = wb.shape[0]
     # One iteration per (sample, all blocks) pads each sample once; with few samples, one per
     # (sample, group of blocks) keeps both threads busy. No effect on the results.
     gchunk = groups if N >= 4 * get_num_threads() else 1
-    KH, KW = wb.shape[2:4]
-    cchunk = max(1, _WEIGHT_CHUNK_BYTES // (nb * KH * KW * 64))
+    taps = max(p[5] * p[7] for p in phases)  # weight taps per channel of the largest phase
+    cchunk = max(1, _WEIGHT_CHUNK_BYTES // (nb * max(1, taps) * 64))
     phases = np.array(phases, dtype=np.int64).reshape(-1, 10)
     _conv2d_fwd_blocked(
         x, wb, bb, pad, geo, phases, out, gchunk, cchunk,
@@ -111,7 +112,7 @@ def conv2d_forward(x, weight, bias, stride, padding_before, dilation, out):
     ohr, owr = -(-OH // tr) * tr, -(-OW // tw) * tw  # rows and columns of whole tiles
     Hs, Ws = (ohr - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
     geo = (sh, sw, dh, dw, 1, 1, 1, 1, Hs, Ws, ohr, owr, 0, 0)
-    phases = [OH, OW, 0, 0, 0, KH, 0, KW, 0, 0]
+    phases = [(OH, OW, 0, 0, 0, KH, 0, KW, 0, 0)]
     wb = _pack_weights(weight, nb)
     return _run(x, wb, bias, tuple(padding_before), geo, phases, out, tile, _step(sw))
 
@@ -122,14 +123,17 @@ def supports_input_grad(stride, dilation=(1, 1)):
 
 
 def _residues(K, s, size, p):
-    """Phases of a stride-s input gradient along one axis: grad_out's zero padding in front,
-    and per residue r of (i + p) mod s: (outputs m, front offset, first flipped tap, taps)."""
+    """Phases of a stride-s input gradient along one axis. grad_out gets ``front`` zeros in
+    front; residue r of (i + p) mod s takes the taps k = r, r + s, ... < K and the outputs
+    i = s*m + r - p in [0, size), m from m0: per residue (count, input offset, first flipped
+    tap, taps, buffer offset s*m0 + r)."""
     front = -(-K // s) - 1  # the most taps of a residue, minus one
     phases = []
     for r in range(s):
-        taps = max(0, -(-(K - r) // s))  # k = r, r + s, ... < K
-        count = max(0, -(-(size + p - r) // s))  # m with s*m + r < size + p
-        phases.append((count, front - taps + 1, K - 1 - r - s * (taps - 1), taps))
+        taps = max(0, -(-(K - r) // s))
+        m0 = max(0, -(-(p - r) // s))  # first m with s*m + r - p >= 0
+        count = max(0, -(-(size + p - r) // s) - m0)  # and s*m + r - p < size
+        phases.append((count, front - taps + 1 + m0, K - 1 - r - s * (taps - 1), taps, s * m0 + r))
     return front, phases
 
 
@@ -152,13 +156,18 @@ def _input_grad(grad_out, weight, stride, padding_before, dilation, x_shape):
     mh = -(-max(r[0] for r in rows) // tr) * tr  # phase rows and columns of whole tiles
     mw = -(-max(c[0] for c in cols) // tw) * tw
     phases = [
-        (ch, cw, ih0, iw0, kh0, nkh, kw0, nkw, rh, rw)
-        for rh, (ch, ih0, kh0, nkh) in enumerate(rows)
-        for rw, (cw, iw0, kw0, nkw) in enumerate(cols)
+        (ch, cw, ih0, iw0, kh0, nkh, kw0, nkw, bh, bw)
+        for ch, ih0, kh0, nkh, bh in rows
+        for cw, iw0, kw0, nkw, bw in cols
         if ch > 0 and cw > 0
     ]
-    # The buffer's pixel s*m + r is grad_x's pixel s*m + r - p: its region from (ph, pw) on.
-    geo = (1, 1, 1, 1, sh, sw, sh, sw, mh + fh, mw + fw, sh * mh, sw * mw, ph, pw)
+    # Extents: the padded grad_out rows every tile reads, the buffer rows every tile writes.
+    Hs = max(mh + max(1, nkh) - 1 + ih0 for _, ih0, _, nkh, _ in rows)
+    Ws = max(mw + max(1, nkw) - 1 + iw0 for _, iw0, _, nkw, _ in cols)
+    Hb = max(bh + sh * (mh - 1) + 1 for *_, bh in rows)
+    Wb = max(bw + sw * (mw - 1) + 1 for *_, bw in cols)
+    # Buffer pixel s*m + r is grad_x's pixel s*m + r - p: its region from (ph, pw) on.
+    geo = (1, 1, 1, 1, sh, sw, sh, sw, Hs, Ws, Hb, Wb, ph, pw)
     wb = _pack_weights(flipped, nb)
     return _run(grad_out, wb, None, (fh, fw), geo, phases, grad_x, tile, (0,))
 

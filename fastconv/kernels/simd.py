@@ -242,6 +242,16 @@ def tile_repeat(typingctx, vecs, pixels):
 
 
 @intrinsic
+def vzero(typingctx):
+    """A zero vector."""
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC, [0.0] * LANES)
+
+    return float32x16(), codegen
+
+
+@intrinsic
 def vzeros(typingctx, shape):
     """``len(shape)`` zero vectors."""
     if _length(shape) <= 0:
