@@ -1,5 +1,10 @@
 """The blocked direct convolution engine (fastconv._conv_blocked) against the reference loops.
 
+The cases cover both kernels: 16-channel blocks (more than 8 output channels) and 16-pixel
+vectors (at most 8 output channels at stride 1, and input gradients with at most 8 input
+channels), every tile shape, channel chunks, row tiles of large kernels and the phases of
+strided input gradients.
+
 float32 inputs; the reference runs in float64 on the same values, so the comparison measures
 the engine's float32 rounding only (relative 1e-4, as for every float32 path).
 """
@@ -29,6 +34,9 @@ CASES = {
     "s2_k5_p2": (2, 4, 13, 10, 20, (5, 5), (2, 2), (2, 2), (1, 1)),
     "stride_beyond_kernel": (2, 3, 11, 9, 6, (2, 2), (3, 3), (1, 1), (1, 1)),
     "s2_dil2_no_input_grad": (1, 2, 11, 11, 4, (3, 3), (2, 2), (1, 1), (2, 2)),
+    # more than 8 input channels: the input gradient's phases run on 16-channel blocks
+    "s2_blocked_input_grad": (2, 18, 11, 10, 20, (3, 3), (2, 2), (1, 1), (1, 1)),
+    "s3_blocked_beyond_kernel": (1, 17, 10, 11, 9, (2, 2), (3, 3), (1, 0), (1, 1)),
 }
 
 

@@ -31,11 +31,13 @@ from fastconv.kernels.simd import (
     tile_load,
     tile_repeat,
     tile_store,
+    tile_store_rows,
     transpose16,
     vadd,
     vload,
     vload_part,
     vload_tuple,
+    vsplat,
     vstore,
     vstore_part,
     vzero,
@@ -297,3 +299,48 @@ def _sum_chunks(part, bias_part, grad_w, grad_b):
         for n in range(bias_part.shape[0]):
             t += bias_part[n, o]
         grad_b[o] = t
+
+
+@pjit
+def _conv2d_fwd_pixels(x, w, bias, pad, taps, out, rows):
+    """out = a stride-1 convolution of x with few output channels, vectorised over pixels:
+    see ``_conv2d_fwd_pixels_item``. prange over samples."""
+    for n in prange(x.shape[0]):
+        _conv2d_fwd_pixels_item(x, w, bias, pad, taps, out, n, rows)
+
+
+@jit
+def _conv2d_fwd_pixels_item(x, w, bias, pad, taps, out, n, rows):
+    """Sample n of a stride-1 convolution, 16 output pixels of a row per vector.
+
+    For few output channels (an input gradient with C_in = 1) the 16-channel blocks would be
+    mostly zeros. Here a tile is ``len(rows)`` output rows x 16 columns of one output channel:
+    each step broadcasts one weight and loads one 16-pixel input vector per row. ``taps``
+    (kh0, nkh, tsh, kw0, nkw, tsw, dh, dw): tap (jh, jw) uses weight (kh0 + jh*tsh,
+    kw0 + jw*tsw) and reads the padded input at (oh + jh*dh, ow + jw*dw). w (O, C, KH, KW),
+    bias (O,), out (N, O, OH, OW); edge tiles' extra rows and lanes are not stored.
+    """
+    ph, pw = pad
+    kh0, nkh, tsh, kw0, nkw, tsw, dh, dw = taps
+    C, KH, KW = w.shape[1], w.shape[2], w.shape[3]
+    O, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    TR = len(rows)
+    Hs = (OH + TR - 1) // TR * TR + (nkh - 1) * dh
+    Ws = (OW + 15) // 16 * 16 + (nkw - 1) * dw
+    xs = np.empty(C * Hs * Ws + 16, dtype=np.float32)
+    _pad_sample(x, n, ph, pw, xs, Hs, Ws)
+    wflat = w.reshape(w.size)
+    for o in range(O):
+        start = vsplat(bias[o])
+        for th in range(0, OH, TR):
+            for v0 in range(0, OW, 16):
+                acc = tile_repeat((start,), rows)
+                for c in range(C):
+                    for jh in range(nkh):
+                        xi = (c * Hs + th + jh * dh) * Ws + v0
+                        wi = ((o * C + c) * KH + kh0 + jh * tsh) * KW + kw0
+                        for jw in range(nkw):
+                            xv = vload_tuple(xs, xi + jw * dw, Ws, rows)
+                            acc = tile_fma(acc, wflat, wi + jw * tsw, 0, 0, xv, (0,))
+                at = ((n * O + o) * OH + th) * OW + v0
+                tile_store_rows(out, at, OW, acc, min(16, OW - v0), min(TR, OH - th))

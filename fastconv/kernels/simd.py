@@ -376,6 +376,48 @@ def tile_load(typingctx, arr, index, step, row_step, block_step, blocks, pixels,
 
 
 @intrinsic
+def tile_store_rows(typingctx, arr, index, row_step, acc, count, nrows):
+    """``arr.flat[index + r*row_step : + count] = acc[r][:count]`` for the vectors r < nrows
+    (masked stores: a row of output pixels that ends inside the vector)."""
+    if not (_is_f32_array(arr) and _is_vec_tuple(acc) and _ints(index, row_step, count, nrows)):
+        return None
+    n = len(acc)
+
+    def codegen(context, builder, sig, args):
+        vecs = cgutils.unpack_tuple(builder, args[3], n)
+        idx, rstp, cnt, nr = _intp(context, builder, sig, args, 1, 2, 4, 5)
+        mask = _lane_mask(builder, cnt)
+        fn = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(
+                ir.VoidType(),
+                [_VEC, _VEC.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), LANES)],
+            ),
+            "llvm.masked.store.v16f32.p0v16f32",
+        )
+        for r in range(n):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(idx.type, r), nr)):
+                at = builder.add(idx, builder.mul(rstp, ir.Constant(idx.type, r)))
+                ptr = _pointer(context, builder, sig.args[0], args[0], at)
+                builder.call(fn, [vecs[r], ptr, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+
+    return types.none(arr, index, row_step, acc, count, nrows), codegen
+
+
+@intrinsic
+def vsplat(typingctx, value):
+    """A vector of 16 copies of a float32 scalar."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _broadcast(builder, args[0])
+
+    return float32x16(value), codegen
+
+
+@intrinsic
 def transpose16(typingctx, src, src_index, src_step, dst, dst_index, dst_step):
     """Transpose a 16x16 block: ``dst.flat[dst_index + j*dst_step + i] =
     src.flat[src_index + i*src_step + j]`` for i, j < 16: 16 vector loads, 64 two-source
