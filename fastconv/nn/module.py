@@ -289,6 +289,8 @@ class Module:
                     f"size mismatch for {key!r}: the state_dict has shape {src.shape}, "
                     f"the model has {dst.shape}"
                 )
+            if not dst.flags.writeable:  # found now, so no other array is written first
+                errors.append(f"the model's {key!r} is a read-only array")
             sources[key] = src
         if errors:
             raise ValueError(
