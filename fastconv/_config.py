@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import warnings
 
 import numba
 
@@ -22,19 +23,52 @@ import numba
 FASTMATH = frozenset({"reassoc", "contract", "nsz"})
 
 # Cache policy: every kernel is compiled lazily, once per dtype, and written to numba's on-disk
-# cache (``__pycache__`` beside the source, or ``$NUMBA_CACHE_DIR``), so only the first process on
-# a machine pays the compile time. ``cache=True`` works with ``parallel=True`` on numba >= 0.59.
+# cache (``__pycache__`` beside the source, or ``$NUMBA_CACHE_DIR``, or the user's cache
+# directory), so only the first process on a machine pays the compile time. ``cache=True`` works
+# with ``parallel=True`` on numba >= 0.59. Where none of those places is writable (a root-owned
+# system install used by a user without a home directory), numba refuses ``cache=True`` at
+# decoration time; fastconv then warns once and compiles in memory in every process instead.
 CACHE = True
+
+
+class CacheWarning(UserWarning):
+    """numba cannot cache fastconv's compiled kernels: they are compiled in every process."""
+
+
+_cache_warned = False
+
+
+def _njit(fn, **options):
+    """``numba.njit`` with the cache policy above: ``cache=CACHE``, or in memory if numba has
+    nowhere to write the cache (its "no locator available" error)."""
+    global _cache_warned
+    if CACHE:
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError as e:
+            if "no locator available" not in str(e):
+                raise
+        if not _cache_warned:
+            _cache_warned = True
+            warnings.warn(
+                "fastconv: numba has nowhere to cache compiled kernels (the package directory is "
+                "read-only and there is no usable NUMBA_CACHE_DIR or home directory), so they "
+                "are compiled in memory in every process; set NUMBA_CACHE_DIR to a writable "
+                "directory to cache them",
+                CacheWarning,
+                stacklevel=3,
+            )
+    return numba.njit(cache=False, **options)(fn)
 
 
 def jit(fn):
     """Serial kernel: ``@jit`` on a function of preallocated arrays."""
-    return numba.njit(cache=CACHE, fastmath=set(FASTMATH), nogil=True)(fn)
+    return _njit(fn, fastmath=set(FASTMATH), nogil=True)
 
 
 def pjit(fn):
     """Parallel kernel: its ``prange`` iterations must each own what they write."""
-    return numba.njit(cache=CACHE, fastmath=set(FASTMATH), nogil=True, parallel=True)(fn)
+    return _njit(fn, fastmath=set(FASTMATH), nogil=True, parallel=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,6 @@ this order, and use the first directory that holds both files of the requested s
 
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import math
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fastconv._checks import check_bool, generator, is_int
+from fastconv.serialization import open_regular_file
 
 __all__ = ["DataLoader", "DatasetNotFoundError", "fashion_mnist", "load_idx", "mnist"]
 
@@ -49,27 +49,102 @@ _IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_bytes(path: str) -> bytes:
-    """Return the file's content, gunzipped if it starts with the gzip magic bytes."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
+_CHUNK = 1 << 22  # bytes inflated and copied at a time
+_TRAILING_COUNTED = 1 << 20  # trailing bytes counted for the error message, at most
+
+
+def _read_up_to(stream, n, path):
+    """At most ``n`` bytes of ``stream`` (fewer only at its end); gzip errors as ValueError."""
     try:
-        return gzip.decompress(raw)
+        return stream.read(n)
     except (OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{path}: corrupt gzip data ({e})") from e
+
+
+def _read_header(stream, path):
+    """``(dtype, shape)`` from an IDX header, with the messages of :func:`load_idx`."""
+    head = _read_up_to(stream, 4, path)
+    if len(head) < 4:
+        raise ValueError(
+            f"{path}: truncated IDX header: expected at least 4 bytes, got {len(head)}"
+        )
+    magic = f"0x{head.hex().upper()}"
+    if head[0] != 0 or head[1] != 0:
+        raise ValueError(
+            f"{path}: bad IDX magic number {magic}: expected two zero bytes, a dtype code and "
+            f"the number of dimensions (is this an IDX file?)"
+        )
+    if head[2] not in _IDX_DTYPES:
+        codes = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise ValueError(
+            f"{path}: bad IDX magic number {magic}: unknown dtype code 0x{head[2]:02X}, "
+            f"expected one of {codes}"
+        )
+    dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+    dims = _read_up_to(stream, 4 * ndim, path)
+    if len(dims) < 4 * ndim:
+        raise ValueError(
+            f"{path}: truncated IDX header: expected {4 + 4 * ndim} bytes for {ndim} "
+            f"dimensions, got {4 + len(dims)}"
+        )
+    return dtype, tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+
+
+def _load_idx(path, check=None):
+    """:func:`load_idx`; ``check(dtype, shape)`` may raise before any data are read."""
+    path = os.fspath(path)
+    with open_regular_file(path, "expected an IDX file") as raw:
+        gzipped = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+        dtype, shape = _read_header(stream, path)
+        expected = math.prod(shape) * dtype.itemsize
+        if not gzipped:  # the file's size is known: check it before allocating anything
+            got = os.fstat(raw.fileno()).st_size - raw.tell()
+            if got < expected:
+                raise ValueError(
+                    f"{path}: truncated IDX data: expected {expected} bytes after the header "
+                    f"(shape {shape} of {dtype.name}), got {got}"
+                )
+        if check is not None:
+            check(dtype, shape)
+        # Read into an array of the header's size: a gzip member never inflates further than
+        # the header promises (plus the few bytes that show there is trailing data).
+        array = np.empty(shape, dtype=dtype)
+        flat = array.reshape(-1).view(np.uint8)
+        done = 0
+        while done < expected:
+            chunk = _read_up_to(stream, min(_CHUNK, expected - done), path)
+            if not chunk:
+                raise ValueError(
+                    f"{path}: truncated IDX data: expected {expected} bytes after the header "
+                    f"(shape {shape} of {dtype.name}), got {done}"
+                )
+            flat[done : done + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            done += len(chunk)
+        extra = len(_read_up_to(stream, _TRAILING_COUNTED, path))
+        if extra:
+            more = "" if extra < _TRAILING_COUNTED else " at least"
+            raise ValueError(
+                f"{path}: trailing data after the IDX array: expected {expected} bytes after "
+                f"the header (shape {shape} of {dtype.name}), got{more} {expected + extra} "
+                f"({extra} extra)"
+            )
+    # The file is big-endian; the result is in native byte order, writable, owning its memory.
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
 def load_idx(path) -> np.ndarray:
     """Read an IDX file (plain or gzip-compressed) into a NumPy array.
 
     Compression is detected from the content (gzip magic bytes ``1f 8b``), not the file name.
+    The header is read first; the data are read into an array of the size it declares, so a
+    compressed file never inflates to more than that.
 
     Parameters
     ----------
     path : str or os.PathLike
-        The file to read.
+        The file to read (a regular file: FIFOs and devices are refused).
 
     Returns
     -------
@@ -82,53 +157,11 @@ def load_idx(path) -> np.ndarray:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file is not a valid IDX file: bad magic number, unknown dtype code, truncated
-        header or data, or trailing bytes after the data. The message names the file.
+        If the file is not a valid IDX file: not a regular file, bad magic number, unknown
+        dtype code, truncated header or data, corrupt gzip data, or trailing bytes after the
+        data. The message names the file.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(errno.ENOENT, "IDX file not found", path)
-    data = _read_bytes(path)
-
-    size = len(data)
-    if size < 4:
-        raise ValueError(f"{path}: truncated IDX header: expected at least 4 bytes, got {size}")
-    magic = f"0x{data[:4].hex().upper()}"
-    if data[0] != 0 or data[1] != 0:
-        raise ValueError(
-            f"{path}: bad IDX magic number {magic}: expected two zero bytes, a dtype code and "
-            f"the number of dimensions (is this an IDX file?)"
-        )
-    if data[2] not in _IDX_DTYPES:
-        codes = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-        raise ValueError(
-            f"{path}: bad IDX magic number {magic}: unknown dtype code 0x{data[2]:02X}, "
-            f"expected one of {codes}"
-        )
-    dtype = _IDX_DTYPES[data[2]]
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if size < header:
-        raise ValueError(
-            f"{path}: truncated IDX header: expected {header} bytes for {ndim} dimensions, "
-            f"got {size}"
-        )
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = math.prod(shape) * dtype.itemsize
-    got = size - header
-    if got < expected:
-        raise ValueError(
-            f"{path}: truncated IDX data: expected {expected} bytes after the header "
-            f"(shape {shape} of {dtype.name}), got {got}"
-        )
-    if got > expected:
-        raise ValueError(
-            f"{path}: trailing data after the IDX array: expected {expected} bytes after the "
-            f"header (shape {shape} of {dtype.name}), got {got} ({got - expected} extra)"
-        )
-    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header)
-    # astype copies: the result is writable, owns its memory and is in native byte order.
-    return array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    return _load_idx(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,17 +359,28 @@ def _load_mnist_like(name: str, split: str, root, download: bool):
             )
 
     images_path, labels_path = found
-    images, labels = load_idx(images_path), load_idx(labels_path)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(
-            f"{images_path}: expected uint8 images of shape (N, 28, 28), "
-            f"got {images.dtype} {images.shape}"
-        )
-    if labels.dtype != np.uint8 or labels.shape != (images.shape[0],):
-        raise ValueError(
-            f"{labels_path}: expected {images.shape[0]} uint8 labels (one per image in "
-            f"{images_path.name}), got {labels.dtype} {labels.shape}"
-        )
+
+    # Both headers are checked before any data are read (a forged header costs nothing).
+    def check_images(dtype, shape):
+        if dtype != np.uint8 or len(shape) != 3 or shape[1:] != (28, 28):
+            raise ValueError(
+                f"{images_path}: expected uint8 images of shape (N, 28, 28), got {dtype} {shape}"
+            )
+        with open_regular_file(labels_path, "expected an IDX file") as raw:
+            gzipped = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            check_labels(*_read_header(stream, labels_path), count=shape[0])
+
+    def check_labels(dtype, shape, count):
+        if dtype != np.uint8 or shape != (count,):
+            raise ValueError(
+                f"{labels_path}: expected {count} uint8 labels (one per image in "
+                f"{images_path.name}), got {dtype} {shape}"
+            )
+
+    images = _load_idx(images_path, check_images)
+    labels = _load_idx(labels_path, lambda dtype, shape: check_labels(dtype, shape, len(images)))
     if labels.size and labels.max() > 9:
         raise ValueError(f"{labels_path}: labels must be in 0..9, found {int(labels.max())}")
     return images, labels.astype(np.int64)

@@ -10,9 +10,12 @@ holding object arrays is refused instead of running arbitrary code.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
+import stat
 import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -23,20 +26,29 @@ __all__ = ["save", "load"]
 def _write_atomically(path, write):
     """Call ``write(f)`` on a new binary file, then rename it to ``path`` (str or PathLike).
 
-    The temporary file sits beside ``path`` (same file system, so the rename is atomic), is
-    fsynced before the rename and removed if anything fails; the directory is fsynced after.
+    The temporary file sits beside the file written (same file system, so the rename is atomic),
+    is fsynced before the rename and removed if anything fails; the directory is fsynced after.
+    A symlink at ``path`` is written through (its target is replaced, the link stays, as
+    ``open(path, "w")`` and ``torch.save`` do), and an existing file keeps its permission bits.
+    Temporary files that a killed save of the same file left behind (their process is gone)
+    are removed first, so they cannot pile up.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(
-        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    )
+    path = os.path.realpath(os.fspath(path))
+    directory, name = os.path.split(path)
+    _remove_stale_temporaries(directory, name)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = None
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # os.open with 0o666 lets the umask decide the permissions, as for any newly created file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -44,6 +56,37 @@ def _write_atomically(path, write):
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def _remove_stale_temporaries(directory, name):
+    """Remove ``.{name}.{pid}.{hex}.tmp`` files whose writing process no longer exists.
+
+    A live process's temporary (a concurrent save) is left alone; a pid reused by an unrelated
+    process only delays the clean-up to a later save.
+    """
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        parts = entry[len(prefix) :].split(".")
+        if not (entry.startswith(prefix) and len(parts) == 3 and parts[2] == "tmp"):
+            continue
+        if not parts[0].isdigit() or _process_exists(int(parts[0])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, entry))
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or not ours to judge: keep its file
+    return True
 
 
 def _fsync_directory(directory):
@@ -160,7 +203,11 @@ def load(module=None, path=None, strict=True):
             raise TypeError("load() needs a path: load(path) or load(module, path)")
         module, path = None, module
     path = os.fspath(path)
-    state = _read_npz(path)
+    # A module's own shapes are checked against each member's header before its data are read.
+    expected = None
+    if module is not None:
+        expected = {key: np.shape(value) for key, value in module.state_dict().items()}
+    state = _read_npz(path, expected)
     if module is None:
         return state
     try:
@@ -171,22 +218,140 @@ def load(module=None, path=None, strict=True):
         raise type(e)(f"{path!r}: {e}") from e
 
 
-def _read_npz(path):
-    """Every array of the ``.npz`` archive ``path``, read whole, without pickle."""
+def open_regular_file(path, what):
+    """Open ``path`` for binary reading, refusing anything but a regular file.
+
+    Opened without blocking (a FIFO with no writer would otherwise hang ``open``) and checked
+    with ``fstat`` on the open descriptor, so the file checked is the file read. Raises
+    ``FileNotFoundError`` if it does not exist and ``ValueError`` naming the path and ``what``
+    was expected (e.g. "expected a checkpoint") for a directory, FIFO, socket or device.
+    """
+    path = os.fspath(path)
     try:
-        archive = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{path!r} is not a fastconv checkpoint (.npz archive): {e}") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(
-            f"{path!r} is not a fastconv checkpoint: it holds a single array, "
-            "not an .npz archive of named arrays"
-        )
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except IsADirectoryError:
+        raise ValueError(f"{path!r} is a directory: {what}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path!r} is not a regular file (a FIFO, socket or device): {what}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# A .npy header is a short dict literal; numpy's own default cap.
+_MAX_NPY_HEADER = 10_000
+_NPY_MAGIC = b"\x93NUMPY"
+_CHUNK = 1 << 22  # bytes inflated and copied at a time
+
+
+def _read_npz(path, expected=None):
+    """Every array of the ``.npz`` archive ``path``, without pickle, checked before reading.
+
+    ``expected`` maps keys to the shapes they must have (a module's state dict); a member's
+    ``.npy`` header (shape and dtype) is checked against it, and against the size the archive
+    declares, before its data are read. Data are read into an array of the header's size, so
+    no member inflates to more than its header promises. Any unreadable file is a
+    ``ValueError`` naming ``path`` and what is wrong.
+    """
+    name = repr(path)
+    with open_regular_file(path, "expected a fastconv checkpoint (.npz archive)") as f:
+        head = f.read(len(_NPY_MAGIC))
+        if not head:
+            raise ValueError(f"{name} is empty, not a fastconv checkpoint (.npz archive)")
+        if head == _NPY_MAGIC:
+            raise ValueError(
+                f"{name} is not a fastconv checkpoint: it holds a single array, "
+                "not an .npz archive of named arrays"
+            )
+        f.seek(0)
+        file_size = os.fstat(f.fileno()).st_size
+        try:
+            with zipfile.ZipFile(f) as archive:
+                return _read_members(archive, name, expected, file_size)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError) as e:
+            # RuntimeError: an encrypted member; OSError/EOFError: truncated or corrupt data.
+            raise ValueError(
+                f"{name} is not a readable fastconv checkpoint (.npz archive): "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        except (NotImplementedError, zlib.error) as e:  # unknown compression, bad deflate data
+            raise ValueError(f"{name} is not a readable .npz archive: {e}") from e
+
+
+def _read_members(archive, name, expected, file_size):
     state = {}
-    with archive:
-        for key in archive.files:
-            try:
-                state[key] = archive[key]
-            except ValueError as e:  # object arrays need pickle, which is refused
-                raise ValueError(f"{path!r}: cannot load entry {key!r}: {e}") from e
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy") or info.is_dir():
+            raise ValueError(f"{name}: member {info.filename!r} is not an .npy array")
+        key = info.filename[: -len(".npy")]
+        if key in state:
+            raise ValueError(f"{name}: entry {key!r} appears twice")
+        # The sizes the archive declares bound what is read: no member is larger than the
+        # file, and deflate cannot shrink data more than ~1032 times.
+        if info.compress_size > file_size or info.file_size > _MAX_RATIO * info.compress_size + (
+            1 << 16
+        ):
+            raise ValueError(
+                f"{name}: entry {key!r} declares {info.file_size} bytes from "
+                f"{info.compress_size} compressed in a {file_size}-byte file: forged sizes"
+            )
+        shape = None if expected is None else expected.get(key)
+        with archive.open(info) as member:
+            state[key] = _read_member(member, info.file_size, name, key, shape)
     return state
+
+
+_MAX_RATIO = 1100  # above deflate's best ratio (about 1032:1)
+
+
+def _read_member(member, size, name, key, shape_expected):
+    """One ``.npy`` member: header checks, then exactly the promised bytes, then nothing."""
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(member, max_header_size=_MAX_NPY_HEADER)
+        elif version in ((2, 0), (3, 0)):
+            header = np.lib.format.read_array_header_2_0(member, max_header_size=_MAX_NPY_HEADER)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as e:  # bad magic, a header too large, a header that is not a dict
+        where = f"{name}: entry {key!r}"
+        raise ValueError(f"{where}: not a valid .npy header: {e}") from e
+    shape, fortran, dtype = header
+    where = f"{name}: entry {key!r}"
+    if dtype.hasobject:
+        raise ValueError(
+            f"{where}: cannot load an object array (it needs pickle, and allow_pickle=False)"
+        )
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"{where}: dtype {dtype} is not a number type (bool, int or float)")
+    if shape_expected is not None and tuple(shape) != tuple(shape_expected):
+        raise ValueError(
+            f"{name}: size mismatch for {key!r}: the file has shape {tuple(shape)}, "
+            f"expected {tuple(shape_expected)}"
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > size:  # the archive's own size of the member, header included
+        raise ValueError(
+            f"{where}: the header promises shape {tuple(shape)} of {dtype} ({nbytes} bytes), "
+            f"the archive holds {size} bytes: truncated or forged"
+        )
+    array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+    flat = array.ravel(order="K").view(np.uint8)  # a view: the array is contiguous
+    done = 0
+    while done < nbytes:
+        chunk = member.read(min(_CHUNK, nbytes - done))
+        if not chunk:
+            raise ValueError(
+                f"{where}: truncated data: {done} of the {nbytes} bytes its header promises"
+            )
+        flat[done : done + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        done += len(chunk)
+    if member.read(1):
+        raise ValueError(f"{where}: data after the {nbytes} bytes its header promises")
+    return array

@@ -137,13 +137,18 @@ class Optimizer:
             Called first (it typically recomputes the loss and gradients); its value is returned.
         """
         loss = None if closure is None else closure()
-        index = 0
+        # Every parameter is checked before the first one is updated, so a bad one (a
+        # mis-shaped gradient, a read-only array) raises with every parameter and every
+        # moment as it was.
+        todo, index = [], 0
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    _check_grad(index, p)
-                    self._update(p, self.state.setdefault(index, {}), group)
+                    _check_grad(index, p, self.state.get(index, {}))
+                    todo.append((index, p, group))
                 index += 1
+        for index, p, group in todo:
+            self._update(p, self.state.setdefault(index, {}), group)
         return loss
 
     def _update(self, p, state, group):
@@ -241,8 +246,18 @@ class Optimizer:
             index, name = int(parts[1]), parts[2]
             value = np.asarray(source[key])
             if name == "step":
-                if value.shape != () or value.dtype.kind not in "iuf":
-                    raise ValueError(f"state_dict key {key!r} must be a number, got {value!r}")
+                # A count of steps taken: a non-negative whole number (-1 or inf would give a
+                # wrong or NaN bias correction on the next step).
+                if (
+                    value.shape != ()
+                    or value.dtype.kind not in "iuf"
+                    or not np.isfinite(value)
+                    or value < 0
+                    or value != np.floor(value)
+                ):
+                    raise ValueError(
+                        f"state_dict key {key!r} must be a whole number >= 0, got {value!r}"
+                    )
                 value = int(value)
             else:
                 data = params[index].data
@@ -291,8 +306,14 @@ def _like(key, value, current):
     return float(array)
 
 
-def _check_grad(index, p):
+def _check_grad(index, p, state):
+    """Raise unless ``p`` (at ``index``) and its ``state`` arrays can be updated in place."""
     data, grad = p.data, p.grad
+    if not isinstance(data, np.ndarray) or not data.flags.writeable:
+        raise ValueError(f"params[{index}].data must be a writable ndarray (updated in place)")
+    for name, value in state.items():
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            raise ValueError(f"the optimizer state {name!r} of params[{index}] is read-only")
     if not isinstance(grad, np.ndarray):
         raise TypeError(
             f"params[{index}].grad must be an ndarray or None, got {type(grad).__name__}"
