@@ -2,6 +2,7 @@
 
 from fastconv import datasets, functional, init, models, nn, optim, reference, training
 from fastconv._gradcheck import GradcheckError, gradcheck
+from fastconv.autograd import Tensor, cat, enable_grad, is_grad_enabled, no_grad, stack
 from fastconv._threads import get_num_threads, set_num_threads, threads
 from fastconv.serialization import load, save
 
@@ -16,6 +17,12 @@ __all__ = [
     "optim",
     "reference",
     "training",
+    "Tensor",
+    "cat",
+    "stack",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
     "gradcheck",
     "GradcheckError",
     "get_num_threads",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fastconv.functional as F
 from fastconv._checks import check_bool, real
+from fastconv.autograd.tensor import _record
 from fastconv.nn.module import Module
 
 
@@ -25,6 +26,11 @@ class _Elementwise(Module):
 
     def backward(self, grad_out):
         return self._backward(grad_out, self._saved())
+
+    def _forward_tensor(self, x):
+        y = self._forward(x.data)
+        saved = y if self._saves_output else x.data
+        return _record(y, (x,), lambda g: (self._backward(g, saved),))
 
 
 class ReLU(_Elementwise):

@@ -1,10 +1,8 @@
-"""Containers: ``Sequential`` and ``Residual``."""
+"""Containers: ``Sequential``, ``Residual``, ``Identity``, ``ModuleList`` and ``ModuleDict``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import numpy as np
+from collections.abc import Iterable, Mapping
 
 from fastconv._checks import is_int
 from fastconv.nn.activation import ReLU
@@ -114,12 +112,13 @@ class Residual(Module):
         _check_no_shared_modules(self)
 
     def forward(self, x):
+        """Layer mode, and autograd mode too: the sum of two Tensors records its node."""
         out = self.block(x)
         skip = x if self.shortcut is None else self.shortcut(x)
-        if np.shape(out) != np.shape(skip):
+        if out.shape != skip.shape:
             raise ValueError(
-                f"Residual: the block's output shape {np.shape(out)} differs from "
-                f"the shortcut's {np.shape(skip)}; give a shortcut that maps the "
+                f"Residual: the block's output shape {out.shape} differs from "
+                f"the shortcut's {skip.shape}; give a shortcut that maps the "
                 "input to the block's output shape"
             )
         self._ctx = ()
@@ -131,3 +130,135 @@ class Residual(Module):
         if self.shortcut is None:
             return grad_x + grad_out
         return grad_x + self.shortcut.backward(grad_out)
+
+
+class Identity(Module):
+    """Returns its input (array or Tensor) itself, as ``torch.nn.Identity``; arguments are
+    accepted and ignored. A placeholder where a branch or a layer is optional."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        self._ctx = ()
+        return x
+
+    def backward(self, grad_out):
+        self._saved()
+        return grad_out
+
+
+class ModuleList(Module):
+    """A list of modules, registered as children "0", "1", ... (PyTorch's state-dict keys
+    "0.weight", ...). It has no forward: the parent's forward calls its members.
+
+    Unlike ``Sequential`` it may hold one instance more than once (a shared layer), as
+    PyTorch's does; that trains in autograd mode (layer mode refuses it at backward time).
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    @staticmethod
+    def _check(index, module):
+        if not isinstance(module, Module):
+            raise TypeError(
+                f"ModuleList: module {index} must be a Module, got {type(module).__name__}"
+            )
+        return module
+
+    def _index(self, index):
+        if not is_int(index):
+            raise TypeError(f"ModuleList indices must be ints or slices, got {index!r}")
+        n = len(self._modules)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} is out of range for a ModuleList of {n}")
+        return str(int(index) % n)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ModuleList(list(self._modules.values())[index])
+        return self._modules[self._index(index)]
+
+    def __setitem__(self, index, module):
+        self._modules[self._index(index)] = self._check(index, module)
+
+    def __delitem__(self, index):
+        modules = list(self._modules.values())
+        del modules[index if isinstance(index, slice) else int(self._index(index))]
+        self._modules.clear()
+        self.extend(modules)  # renumbered "0", "1", ... as PyTorch does
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), self._check(len(self._modules), module))
+        return self
+
+    def extend(self, modules):
+        if isinstance(modules, Module) or not isinstance(modules, Iterable):
+            raise TypeError(f"modules must be an iterable of Modules, got {type(modules).__name__}")
+        for module in modules:
+            self.append(module)
+        return self
+
+    def insert(self, index, module):
+        modules = list(self._modules.values())
+        modules.insert(index, self._check(index, module))
+        self._modules.clear()
+        self.extend(modules)
+
+
+class ModuleDict(Module):
+    """An ordered mapping of names to modules, registered as children under those names
+    (state-dict keys "<name>.weight", ...), as ``torch.nn.ModuleDict``. It has no forward."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key):
+        if key not in self._modules:
+            raise KeyError(key)
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        if not isinstance(module, Module):
+            raise TypeError(
+                f"ModuleDict: module {key!r} must be a Module, got {type(module).__name__}"
+            )
+        self.add_module(key, module)
+
+    def __delitem__(self, key):
+        del self._modules[key]
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def update(self, modules):
+        """Add ``modules``: a mapping or an iterable of ``(name, module)`` pairs."""
+        items = modules.items() if isinstance(modules, Mapping) else modules
+        for key, module in items:
+            self[key] = module

@@ -6,7 +6,8 @@ import numpy as np
 
 import fastconv.functional as F
 from fastconv._checks import pair, positive_int
-from fastconv.nn.linear import _accumulate_weight_and_bias, _add_weight_and_bias
+from fastconv.autograd.tensor import _record
+from fastconv.nn.linear import _accumulate_weight_and_bias, _add_weight_and_bias, _with_bias
 from fastconv.nn.module import Module
 
 
@@ -85,6 +86,17 @@ class Conv2d(Module):
         y = F.conv2d(x, self.weight.data, bias, *self._args())
         self._ctx = x
         return y
+
+    def _forward_tensor(self, x):
+        weight, bias = self.weight, self.bias
+        args = self._args()
+        y = F.conv2d(x.data, weight.data, None if bias is None else bias.data, *args)
+        xd, wd, input_grad = x.data, weight.data, x.requires_grad
+
+        def backward(grad):  # the input gradient is skipped for data (PyTorch skips it too)
+            return F._conv2d_backward(grad, xd, wd, *args, input_grad=input_grad)
+
+        return _record(y, _with_bias(x, weight, bias), backward)
 
     def backward(self, grad_out):
         """(N, C_out, OH, OW) -> (N, C_in, H, W); adds to ``weight.grad`` and ``bias.grad``."""

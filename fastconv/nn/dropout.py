@@ -5,6 +5,7 @@ from __future__ import annotations
 import fastconv.functional as F
 from fastconv import init
 from fastconv._checks import check_array, check_bool, check_probability, generator
+from fastconv.autograd.tensor import _record
 from fastconv.nn.module import Module
 
 
@@ -36,6 +37,13 @@ class Dropout(Module):
         y, mask = F.dropout(x, self.p, self.training, self.rng)
         self._ctx = (mask,)
         return y
+
+    def _forward_tensor(self, x):
+        if not self.training or self.p == 0.0:
+            check_array("input", x.data)
+            return x  # the identity, as in layer mode and PyTorch
+        y, mask = F.dropout(x.data, self.p, self.training, self.rng)
+        return _record(y, (x,), lambda g: (F.dropout_backward(g, mask),))
 
     def backward(self, grad_out):
         ctx = self._saved()

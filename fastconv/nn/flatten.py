@@ -23,15 +23,24 @@ class Flatten(Module):
     def forward(self, x):
         if not isinstance(x, np.ndarray):
             raise TypeError(f"input must be a numpy.ndarray, got {type(x).__name__}")
-        start = self.start_dim + x.ndim if self.start_dim < 0 else self.start_dim
-        end = self.end_dim + x.ndim if self.end_dim < 0 else self.end_dim
-        if not 0 <= start <= end < max(x.ndim, 1):
+        shape = self._shape(x.shape)
+        self._ctx = x.shape
+        return x.reshape(shape)
+
+    def _forward_tensor(self, x):
+        return x.reshape(self._shape(x.shape))
+
+    def _shape(self, shape):
+        """The output shape for an input of ``shape``."""
+        ndim = len(shape)
+        start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
+        if not 0 <= start <= end < max(ndim, 1):
             raise ValueError(
                 f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does "
-                f"not fit an input of shape {x.shape}"
+                f"not fit an input of shape {shape}"
             )
-        self._ctx = x.shape
-        return x.reshape(*x.shape[:start], -1, *x.shape[end + 1 :])
+        return (*shape[:start], -1, *shape[end + 1 :])
 
     def backward(self, grad_out):
         return np.reshape(grad_out, self._saved())

@@ -10,7 +10,8 @@ import numpy as np
 import fastconv.functional as F
 from fastconv import init
 from fastconv._checks import check_bool, float_dtype, generator, positive_int
-from fastconv.nn.module import Module, Parameter, _accumulate
+from fastconv.autograd.tensor import _accumulate, _record
+from fastconv.nn.module import Module, Parameter
 
 
 def _add_weight_and_bias(layer, weight_shape, bias, dtype, fan_in, rng):
@@ -35,6 +36,11 @@ def _accumulate_weight_and_bias(layer, grad_w, grad_b):
         _accumulate(layer.bias, grad_b)
 
 
+def _with_bias(x, weight, bias):
+    """The parents of a node whose backward returns ``(grad_x, grad_weight, grad_bias)``."""
+    return (x, weight) if bias is None else (x, weight, bias)
+
+
 class Linear(Module):
     """Fully connected layer ``y = x @ weight.T + bias``, as ``torch.nn.Linear``.
 
@@ -55,6 +61,12 @@ class Linear(Module):
         y = F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
         self._ctx = x
         return y
+
+    def _forward_tensor(self, x):
+        weight, bias = self.weight, self.bias
+        y = F.linear(x.data, weight.data, None if bias is None else bias.data)
+        xd, wd = x.data, weight.data
+        return _record(y, _with_bias(x, weight, bias), lambda g: F.linear_backward(g, xd, wd))
 
     def backward(self, grad_out):
         """(*, out_features) -> (*, in_features); adds to ``weight.grad`` and ``bias.grad``."""

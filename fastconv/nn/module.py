@@ -4,16 +4,19 @@ assignment, traversal with PyTorch's dotted names, the state dict, modes, dtype 
 
 from __future__ import annotations
 
+import threading
 from collections import namedtuple
 from collections.abc import Mapping
 
 import numpy as np
 
-from fastconv._checks import check_bool, float_dtype
+from fastconv._checks import FLOAT_DTYPES, check_bool, float_dtype
+from fastconv.autograd.tensor import Tensor, enable_grad
+from fastconv.autograd.tensor import _accumulate as _accumulate  # its home before autograd
 
 
-class Parameter:
-    """A trainable array and its accumulated gradient.
+class Parameter(Tensor):
+    """A trainable array and its accumulated gradient: a leaf ``Tensor`` that requires grad.
 
     Parameters
     ----------
@@ -25,42 +28,25 @@ class Parameter:
     data : ndarray
     grad : ndarray or None
         Same shape and dtype as ``data``; ``None`` until the first backward, which creates it.
-        Each backward adds to it, as in PyTorch; ``Module.zero_grad()`` resets it to ``None``.
+        Each backward (a layer's in layer mode, ``loss.backward()`` in autograd mode) adds to
+        it, as in PyTorch; ``Module.zero_grad()`` resets it to ``None``.
+    requires_grad : bool
+        True for float data. (An integer array is kept, without gradient, so that the
+        optimisers can name it in their own error.)
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ()
 
     def __init__(self, data):
         if not isinstance(data, np.ndarray):
             raise TypeError(f"data must be a numpy.ndarray, got {type(data).__name__}")
-        self.data = data
-        self.grad = None
+        super().__init__(data, requires_grad=data.dtype.kind == "f")
 
-    # The array's own attributes, as on a torch Parameter.
-    shape = property(lambda self: self.data.shape)
-    dtype = property(lambda self: self.data.dtype)
     size = property(lambda self: self.data.size)
-    ndim = property(lambda self: self.data.ndim)
 
     def __repr__(self):
         grad = "None" if self.grad is None else "set"
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}, grad={grad})"
-
-
-def _accumulate(param, grad):
-    """``param.grad += grad``; the first backward keeps ``grad`` itself as ``param.grad``.
-
-    Functional backwards return a new array each time, so keeping it saves a copy per parameter
-    per step. An array that does not own its memory (a view of a workspace, of another gradient
-    or of the caller's data) is copied instead: the optimiser and ``+=`` write into
-    ``param.grad`` and must not write into anything else.
-    """
-    if param.grad is not None:
-        param.grad += grad
-    elif grad.base is None and grad.dtype == param.data.dtype and grad.shape == param.data.shape:
-        param.grad = grad
-    else:
-        param.grad = np.array(grad, dtype=param.data.dtype, copy=True).reshape(param.data.shape)
 
 
 class IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
@@ -361,14 +347,76 @@ class Module:
     def forward(self, *args):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
 
-    def backward(self, grad_out):
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+    def backward(self, grad_out=None):
+        """Layer-mode backward of a module that defines only ``forward``, written with Tensor
+        operations: the graph its last layer-mode call recorded is run backward and the
+        gradient with respect to its array input (a tuple of them for several) is returned."""
+        ctx = self._saved()
+        if not isinstance(ctx, _Graph):
+            raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+        ctx.output.backward(grad_out)
+        grads = tuple(t.grad if isinstance(t, Tensor) else None for t in ctx.inputs)
+        return grads[0] if len(grads) == 1 else grads
 
     def __call__(self, *args, **kwargs):
+        """Autograd mode if an argument is a ``Tensor`` (the result is a Tensor recorded for
+        ``backward()``), layer mode otherwise (arrays in and out, ``module.backward``)."""
+        for a in args:
+            if isinstance(a, Tensor):
+                return self._forward_tensor(*args, **kwargs)
+        state = _PASS
+        if state.depth == 0:  # a top-level call starts a new forward pass
+            state.count += 1
+        if self._pass == state.count:
+            object.__setattr__(self, "_runs", self._runs + 1)
+        else:
+            object.__setattr__(self, "_pass", state.count)
+            object.__setattr__(self, "_runs", 1)
+        state.depth += 1
+        try:
+            if type(self).backward is Module.backward:
+                return self._forward_through_graph(*args, **kwargs)
+            return self.forward(*args, **kwargs)
+        finally:
+            state.depth -= 1
+
+    def _forward_tensor(self, *args, **kwargs):
+        """Autograd mode. A module that composes others (or Tensor operations) in ``forward``
+        needs nothing more; each layer overrides this to record one node calling its
+        functional backward, with what that call needs saved in the node, not in ``self``, so
+        one instance may be called several times in a forward."""
         return self.forward(*args, **kwargs)
 
+    def _forward_through_graph(self, *args, **kwargs):
+        """Layer mode of a module whose ``forward`` is written with Tensors: float arrays become
+        Tensors requiring grad, the graph is kept for ``backward`` and the data returned."""
+        inputs = tuple(
+            Tensor(a, requires_grad=True)
+            if isinstance(a, np.ndarray) and a.dtype in FLOAT_DTYPES
+            else a
+            for a in args
+        )
+        with enable_grad():
+            out = self.forward(*inputs, **kwargs)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"{type(self).__name__}.forward() must return a Tensor when it defines no "
+                f"backward(), got {type(out).__name__}"
+            )
+        self._ctx = _Graph(inputs, out) if out.requires_grad else None
+        return out.data
+
     def _saved(self):
-        """What the last ``forward`` cached for ``backward``; raises if there was none."""
+        """What the last ``forward`` cached for ``backward``; raises if there was none, or if
+        the module ran more than once in that forward pass (its cache holds the last call
+        only, so the gradient would be wrong)."""
+        if self._runs > 1:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): this instance ran {self._runs} times in the "
+                "last forward pass, and layer mode keeps only the last call's input, so the "
+                "gradient would be wrong; use a separate instance for each use, or call the "
+                "model on a fastconv.Tensor (autograd mode), which allows reuse"
+            )
         if self._ctx is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() called before forward(): "
@@ -392,6 +440,21 @@ class Module:
         body = "\n  " + "\n  ".join(lines) + "\n" if lines else ""
         return f"{type(self).__name__}({body})"
 
+
+class _PassState(threading.local):
+    """Counts layer-mode forward passes (top-level module calls) in this thread, so a module
+    can tell that it ran twice in one pass."""
+
+    depth = 0
+    count = 0
+
+
+_PASS = _PassState()
+_Graph = namedtuple("_Graph", ["inputs", "output"])  # a layer-mode call through autograd
+
+# Per instance once a layer-mode call has run: the pass it last ran in, and how many times.
+Module._pass = -1
+Module._runs = 0
 
 # The three registries: the table, how messages name a member, the type it takes and its name.
 Module._TABLES = (

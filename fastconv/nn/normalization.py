@@ -8,6 +8,7 @@ import numpy as np
 
 import fastconv.functional as F
 from fastconv._checks import check_probability, float_dtype, positive_int
+from fastconv.autograd.tensor import _record
 from fastconv.nn.linear import _accumulate_weight_and_bias
 from fastconv.nn.module import Module, Parameter
 
@@ -33,6 +34,15 @@ class _BatchNorm(Module):
     def forward(self, x):
         """Normalise with the batch statistics (training; updates the running ones in place)
         or with the running statistics (eval). Output shaped like ``x``."""
+        y, self._ctx = self._normalise(x)
+        return y
+
+    def _forward_tensor(self, x):
+        y, cache = self._normalise(x.data)
+        return _record(y, (x, self.weight, self.bias), lambda g: F.batch_norm_backward(g, cache))
+
+    def _normalise(self, x):
+        """``(y, cache)`` of ``F.batch_norm`` with this layer's parameters and statistics."""
         # functional accepts 2-D to 4-D for either; the layer's rank is PyTorch's per class.
         if isinstance(x, np.ndarray) and x.ndim not in self._ndims:
             want = " or ".join(f"{d}-D" for d in self._ndims)
@@ -52,8 +62,7 @@ class _BatchNorm(Module):
         )
         if self.training:
             self.num_batches_tracked += 1
-        self._ctx = cache
-        return y
+        return y, cache
 
     def backward(self, grad_out):
         """Gradient with respect to the input; adds to ``weight.grad`` and ``bias.grad``."""

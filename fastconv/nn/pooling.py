@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fastconv.functional as F
 from fastconv._checks import check_bool, is_int, pair, pool_padding
+from fastconv.autograd.tensor import _record, needs_grad
 from fastconv.nn.module import Module
 
 
@@ -49,6 +50,13 @@ class MaxPool2d(Module):
             self._ctx = (x,)
         return y
 
+    def _forward_tensor(self, x):
+        if not needs_grad(x):  # inference: no int64 index array, as in eval's layer mode
+            return _record(F._max_pool2d_values(x.data, *self._args()), (x,), None)
+        y, indices = F.max_pool2d(x.data, *self._args())
+        shape = x.shape
+        return _record(y, (x,), lambda g: (F._max_pool2d_backward_trusted(g, indices, shape),))
+
     def backward(self, grad_out):
         ctx = self._saved()
         if len(ctx) == 1:  # after an eval forward
@@ -88,6 +96,11 @@ class AvgPool2d(Module):
     def backward(self, grad_out):
         return F.avg_pool2d_backward(grad_out, self._saved(), *self._args())
 
+    def _forward_tensor(self, x):
+        args, shape = self._args(), x.shape
+        y = F.avg_pool2d(x.data, *args)
+        return _record(y, (x,), lambda g: (F.avg_pool2d_backward(g, shape, *args),))
+
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
@@ -108,12 +121,21 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x):
+        y = F.adaptive_avg_pool2d(x, self._size(x))
+        self._ctx = x.shape
+        return y
+
+    def _forward_tensor(self, x):
+        shape = x.shape
+        y = F.adaptive_avg_pool2d(x.data, self._size(x))
+        return _record(y, (x,), lambda g: (F.adaptive_avg_pool2d_backward(g, shape),))
+
+    def _size(self, x):
+        """``output_size`` with each None replaced by the input's size."""
         size = self.output_size
         if isinstance(size, (tuple, list)) and None in size and getattr(x, "ndim", 0) == 4:
             size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(size))
-        y = F.adaptive_avg_pool2d(x, size)
-        self._ctx = x.shape
-        return y
+        return size
 
     def backward(self, grad_out):
         return F.adaptive_avg_pool2d_backward(grad_out, self._saved())
