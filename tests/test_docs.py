@@ -35,7 +35,7 @@ def python_blocks(path):
 
 
 # The index and the pages of issue 14, in reading order.
-EXPECTED = ["README.md", "conv_forward.md", "conv_backward.md", "pooling.md", "batch_norm.md"]
+EXPECTED = ["README.md", "conv_forward.md", "conv_backward.md", "pooling.md", "batch_norm.md", "network_by_hand.md"]
 
 
 def test_pages_exist():
