@@ -217,14 +217,16 @@ def _weight_and_bias_grad(grad_out, x, weight_shape, stride, padding_before, dil
     gb = np.empty((N, ob, OH * OW * 16), dtype=np.float32)
     bias_part = np.empty((N, O), dtype=np.float64)
     _bwd_prepare(x, *padding_before, xs, Hs, Ws, grad_out, gb, bias_part)
-    # Samples per chunk: all of them (each iteration sums its whole share in registers) unless
-    # the other dimensions give fewer than _GRAD_ITEMS iterations. A function of the shape
-    # only, never of the thread count, so the sums are the same at any thread count.
-    items = ob // nb * C * (kht // krows)
+    # Channels per iteration: up to 8 share each block of gradient rows. Samples per chunk:
+    # all of them (each iteration sums its whole share) unless the other dimensions give
+    # fewer than _GRAD_ITEMS iterations. A function of the shape only, never of the thread
+    # count, so the sums are the same at any thread count.
+    cgroup = min(C, 8)
+    items = ob // nb * -(-C // cgroup)
     chunk = -(-N // max(1, min(N, -(-_GRAD_ITEMS // items))))
     part = np.empty((-(-N // chunk), ob, C, kht, KW, 16), dtype=np.float32)
     _conv2d_bwd_weight_blocked(
-        xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part,
+        xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, cgroup, part,
         (0,) * nb, (0,) * (krows * KW), (0,) * KW,
     )  # fmt: skip
     grad_w = np.empty(weight_shape, dtype=np.float32)
