@@ -98,9 +98,11 @@ def matmul(a, b):
     B = b.data if b.ndim > 1 else b.data[:, None]
 
     def backward(g):
-        if a.ndim == 1:
+        if a.ndim == 1 and b.ndim == 1:
+            g = g.reshape(1, 1)
+        elif a.ndim == 1:
             g = np.expand_dims(g, -2)
-        if b.ndim == 1:
+        elif b.ndim == 1:
             g = np.expand_dims(g, -1)
         ga = unbroadcast(g @ B.swapaxes(-1, -2), A.shape).reshape(a.shape) if a._rg else None
         gb = unbroadcast(A.swapaxes(-1, -2) @ g, B.shape).reshape(b.shape) if b._rg else None

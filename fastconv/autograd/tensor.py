@@ -219,16 +219,21 @@ class Tensor:
 def _reverse_topological(root):
     """The Tensors that ``root`` depends on through recorded operations, each after every
     Tensor that consumes it (so its gradient is complete when it is visited)."""
-    order, seen, stack = [], {id(root)}, [(root, False)]
+    # Depth-first, each Tensor appended after its parents. A Tensor is marked when it is
+    # expanded, not when it is pushed: marked on push, one reached again through a longer path
+    # would be appended before the parents still waiting below it on the stack.
+    order, seen, stack = [], set(), [(root, False)]
     while stack:
         t, expanded = stack.pop()
         if expanded:
             order.append(t)
             continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
         stack.append((t, True))
         for p in t._parents:
             if p._rg and id(p) not in seen:
-                seen.add(id(p))
                 stack.append((p, False))
     order.reverse()
     return order
