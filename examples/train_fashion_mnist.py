@@ -12,12 +12,15 @@ matplotlib are optional). Examples::
 After every epoch the output directory (``--out``, default ``runs/<model>``) holds
 ``history.json`` (per epoch train/test loss and accuracy, seconds, images per second, lr),
 ``curve.png`` (with matplotlib), ``checkpoint.npz`` (the model's state dict: load it with
-``fastconv.load(fastconv.models.lenet(), path)``), and ``optimizer.npz`` + ``train_state.json``
-for ``--resume``. The loop, the networks and the file formats are ``fastconv.training`` and
-``fastconv.models``; this script only reads the command line.
+``fastconv.load(fastconv.models.lenet(), path)``), and ``train_state.npz``, the snapshot
+``--resume`` continues from (also written every ``--save-every`` steps and on Ctrl-C). A
+non-empty ``--out`` is refused unless ``--resume`` or ``--overwrite`` says what to do with it.
+The loop, the networks and the file formats are ``fastconv.training`` and ``fastconv.models``;
+this script only reads the command line.
 
-Exit codes: 0 done, 2 bad option, missing data or nothing to resume, 3 the loss became NaN or
-infinite (the checkpoint of the last good epoch is kept), 130 interrupted (Ctrl-C).
+Exit codes: 0 done, 2 bad option, missing data, an unusable --out or nothing to resume, 3 the
+loss became NaN or infinite (the checkpoint of the last good epoch is kept), 130 interrupted
+(Ctrl-C: the step reached is saved; continue with --resume).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import fastconv
 from fastconv import models, training
 from fastconv.datasets import DataLoader
 
-EXIT_USAGE = 2  # bad option, no data, or nothing to resume
+EXIT_USAGE = 2  # bad option, no data, an unusable --out, or nothing to resume
 EXIT_NONFINITE = 3  # the loss became NaN or infinite
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
@@ -85,13 +88,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, help="run directory (default: runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start over in a non-empty --out (deletes its run)"
+    )
+    p.add_argument(
+        "--save-every", type=int, help="also save every N steps within an epoch (default: never)"
+    )
     p.add_argument("--seed", type=int, default=0, help="weights, shuffling and dropout" + DEFAULT)
     p.add_argument("--limit", type=int, help="train on the first N images (default: all)")
     p.add_argument("--test-limit", type=int, help="test on the first N images (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    for name in ("epochs", "batch_size", "threads", "limit", "test_limit"):
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other: continue the run or start over")
+    for name in ("epochs", "batch_size", "threads", "limit", "test_limit", "save_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -112,9 +123,12 @@ def main(argv=None) -> int:
         with thread_context:
             return run(args)
     except KeyboardInterrupt:
+        # The loop saved the step it reached (TrainingInterrupted); a second Ctrl-C, or one
+        # outside the loop, leaves the last snapshot: say which, in one line.
         try:
-            done = training.read_state(args.out)["epoch"]
-            saved = f"epoch {done} is saved in {args.out}; continue with --resume"
+            state = training.read_state(args.out)
+            at = f" and step {state['step']} of epoch {state['epoch'] + 1}" if state["step"] else ""
+            saved = f"epoch {state['epoch']}{at} is saved in {args.out}; continue with --resume"
         except (OSError, ValueError):
             saved = "no epoch was finished, so nothing was saved"
         print(f"\ninterrupted: {saved}", file=sys.stderr)
@@ -155,7 +169,10 @@ def run(args) -> int:
         try:
             _check_resumable(args)
             history = training.restore(args.out, model, optimizer, loader, scheduler)
-        except (FileNotFoundError, ValueError) as e:
+        except FileNotFoundError as e:
+            print(f"error: --resume: {e}; start a new run without --resume", file=sys.stderr)
+            return EXIT_USAGE
+        except ValueError as e:
             print(f"error: --resume: {e}", file=sys.stderr)
             return EXIT_USAGE
         print(f"resumed {args.out} after epoch {len(history)}")
@@ -176,8 +193,11 @@ def run(args) -> int:
             model, optimizer, loader, DataLoader(x_test, y_test, 1000, shuffle=False),
             args.epochs, scheduler=scheduler, out_dir=args.out, history=history, config=config,
             title=f"{args.model} on {args.dataset}, {args.optimizer}, batch {args.batch_size}",
-            progress=not args.no_progress,
+            progress=not args.no_progress, overwrite=args.overwrite, save_every=args.save_every,
         )  # fmt: skip
+    except training.RunDirectoryError as e:  # an unusable --out, found before any training
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except training.NonFiniteLossError as e:
         print(f"error: {e}. Try a smaller --lr.", file=sys.stderr)
         return EXIT_NONFINITE

@@ -16,24 +16,28 @@
     history = training.train(model, optimizer, train_loader, test_loader, epochs=5,
                              out_dir="runs/lenet", resume=True)
 
-With ``out_dir`` the run directory holds, after every epoch:
+With ``out_dir`` the run directory holds:
 
-- ``checkpoint.npz``: the model's state dict (``fastconv.load(model, path)`` reads it back);
-- ``optimizer.npz``: the optimizer's state dict (learning rate, momentum or Adam moments);
-- ``train_state.json``, written after those two: the epoch, the history so far, the
-  scheduler's base rates and the random streams (data-loader shuffling, dropout masks), so a
-  resumed run continues exactly as if it had not stopped;
+- ``train_state.npz``: the snapshot a resume reads, one file written atomically: the model's
+  and the optimizer's state dicts and the loop's state (epochs done, steps done in the next
+  epoch, the history, the scheduler's base rates, the random streams of data-loader shuffling
+  and dropout masks). It is written after every epoch, every ``save_every`` steps and on
+  Ctrl-C, so a resumed run continues exactly as if it had not stopped, from any of those
+  points; a crash at any moment leaves either the previous snapshot or the new one;
+- ``checkpoint.npz``: the model's state dict after the last finished epoch
+  (``fastconv.load(model, path)`` reads it back);
 - ``history.json``: ``{"config": ..., "epochs": [one dict per epoch]}``, for people and plots;
 - ``curve.png``: loss and accuracy per epoch (needs matplotlib; skipped without it).
 
-Every file is written atomically (``fastconv.save``'s writer) and nothing is pickled. A NaN or
-infinite loss stops training with :class:`NonFiniteLossError` before the optimizer step, so the
-files of the last good epoch are left as they were.
+The last three are written after the snapshot and rewritten from it on resume. Every file is
+written atomically (``fastconv.save``'s writer) and nothing is pickled. A non-empty run
+directory is refused unless the run resumes or is told to overwrite it. A NaN or infinite loss
+stops training with :class:`NonFiniteLossError` before the optimizer step, so the files of the
+last good snapshot are left as they were.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -42,22 +46,42 @@ from pathlib import Path
 import numpy as np
 
 from fastconv import nn, optim
+from fastconv._checks import positive_int
+from fastconv._run_dir import (
+    History,
+    RunDirectoryError,
+    TrainingInterrupted,
+    _Interrupts,
+    _lrs,
+    _prepare,
+    _repair_outputs,
+    _snapshot,
+    _write_outputs,
+    plot_history,
+    read_checkpoint,
+    read_state,
+    restore,
+    write_json,
+)
 from fastconv.datasets import fashion_mnist, mnist
-from fastconv.serialization import _write_atomically, load, save
 
 __all__ = [
     "DEFAULT_LR",
     "NORMALISATION",
     "OPTIMIZERS",
     "SCHEDULES",
+    "History",
     "NonFiniteLossError",
     "Progress",
+    "RunDirectoryError",
+    "TrainingInterrupted",
     "evaluate",
     "load_data",
     "make_optimizer",
     "make_scheduler",
     "normalise",
     "plot_history",
+    "read_checkpoint",
     "read_state",
     "restore",
     "train",
@@ -72,7 +96,6 @@ SCHEDULES = ("none", "cosine", "step")
 # Per-pixel mean and std of the training images after scaling to [0, 1].
 NORMALISATION = {"fashion-mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
 
-_STATE = "train_state.json"  # written last: it names the epoch the other files hold
 
 # ---------------------------------------------------------------------------------------------
 # Optimizers, schedules and data by name
@@ -183,10 +206,12 @@ def train_step(model, criterion, optimizer, x, y):
     """Forward, loss, backward and one optimizer step on a batch; returns ``(loss, logits)``.
 
     Raises :class:`NonFiniteLossError` if the loss is NaN or infinite, before any gradient is
-    computed, so the weights are left as they were.
+    computed, so the weights are left as they were. NumPy's overflow warnings on the way to a
+    non-finite loss are silenced: the error says it once, clearly.
     """
-    logits = model(x)
-    loss = criterion(logits, y)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        logits = model(x)
+        loss = criterion(logits, y)
     if not math.isfinite(loss):
         raise NonFiniteLossError(f"the training loss became {loss}")
     optimizer.zero_grad()
@@ -195,18 +220,40 @@ def train_step(model, criterion, optimizer, x, y):
     return loss, logits
 
 
-def train_epoch(model, loader, criterion, optimizer, desc="train", progress=True, step_hook=None):
+def train_epoch(
+    model,
+    loader,
+    criterion,
+    optimizer,
+    desc="train",
+    progress=True,
+    step_hook=None,
+    *,
+    start=0,
+    totals=(0.0, 0, 0),
+    after_step=None,
+):
     """One pass over ``loader`` in training mode: ``(mean loss, accuracy, seconds, images/s)``.
 
     ``step_hook(loss)``, if given, is called with each batch's loss; ``progress`` shows a bar
     labelled ``desc``. Raises :class:`NonFiniteLossError` naming the step.
+
+    To finish an epoch begun earlier: ``start`` batches are skipped (the loader must yield the
+    same batches again, e.g. its generator restored to the epoch's start) and ``totals`` are
+    the ``(sum of losses, correct, seen)`` of those batches. ``after_step(step, totals)`` is
+    called after every step with the same numbers (it may save or raise).
     """
     model.train()
     bar = Progress(len(loader), desc, progress)
-    total_loss, correct, seen = 0.0, 0, 0
-    start = time.perf_counter()
+    total_loss, correct, seen = totals
+    start_time = time.perf_counter()
+    timed = 0  # images of this session, for the speed
+    batches = iter(loader)
     try:
-        for step, (xb, yb) in enumerate(loader, 1):
+        for _ in range(start):
+            next(batches)
+            bar.count += 1
+        for step, (xb, yb) in enumerate(batches, start + 1):
             try:
                 loss, logits = train_step(model, criterion, optimizer, xb, yb)
             except NonFiniteLossError as e:
@@ -215,18 +262,21 @@ def train_epoch(model, loader, criterion, optimizer, desc="train", progress=True
             total_loss += loss * n
             correct += int((logits.argmax(axis=1) == yb).sum())
             seen += n
+            timed += n
             if step_hook is not None:
                 step_hook(loss)
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start_time
             bar.update(
                 loss=f"{total_loss / seen:.4f}",
                 acc=f"{correct / seen:.3f}",
-                **{"img/s": f"{seen / max(elapsed, 1e-9):.0f}"},
+                **{"img/s": f"{timed / max(elapsed, 1e-9):.0f}"},
             )
+            if after_step is not None:
+                after_step(step, (total_loss, correct, seen))
     finally:
         bar.close()
-    seconds = time.perf_counter() - start
-    return total_loss / max(seen, 1), correct / max(seen, 1), seconds, seen / max(seconds, 1e-9)
+    seconds = time.perf_counter() - start_time
+    return total_loss / max(seen, 1), correct / max(seen, 1), seconds, timed / max(seconds, 1e-9)
 
 
 def evaluate(model, loader):
@@ -238,8 +288,9 @@ def evaluate(model, loader):
     total_loss, correct, seen = 0.0, 0, 0
     try:
         for xb, yb in loader:
-            logits = model(xb)
-            total_loss += criterion(logits, yb)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                logits = model(xb)
+                total_loss += criterion(logits, yb)
             correct += int((logits.argmax(axis=1) == yb).sum())
             seen += len(yb)
     finally:
@@ -259,129 +310,6 @@ def _is_finite(model):
 # ---------------------------------------------------------------------------------------------
 
 
-def _random_streams(model):
-    """The generators of the modules that draw random numbers in training (Dropout's masks)."""
-    rngs = (getattr(m, "rng", None) for m in model.modules())
-    return [rng for rng in rngs if isinstance(rng, np.random.Generator)]
-
-
-def _lrs(optimizer):
-    return [float(group["lr"]) for group in optimizer.param_groups]
-
-
-def write_json(path, data):
-    """Write ``data`` as indented JSON to ``path``, atomically."""
-    text = json.dumps(data, indent=2) + "\n"
-    _write_atomically(path, lambda f: f.write(text.encode()))
-
-
-def _save_run(out, model, optimizer, loader, scheduler, history, config):
-    """Write the checkpoint files, then ``train_state.json`` naming them (see the module doc)."""
-    save(model, out / "checkpoint.npz")
-    save(optimizer, out / "optimizer.npz")
-    loader_rng = getattr(loader, "rng", None)
-    state = {
-        "epoch": len(history),
-        "config": config,
-        "history": history,
-        # A constant rate is its own base; a schedule's base rates are what it scales.
-        "base_lrs": list(scheduler.base_lrs) if scheduler is not None else _lrs(optimizer),
-        "loader_rng": loader_rng.bit_generator.state if loader_rng is not None else None,
-        "module_rngs": [rng.bit_generator.state for rng in _random_streams(model)],
-    }
-    write_json(out / _STATE, state)
-
-
-def read_state(out_dir):
-    """The ``train_state.json`` of the run saved in ``out_dir``, as a dict.
-
-    Its keys: ``epoch`` (epochs done), ``config`` (what ``train`` was given), ``history``
-    (one dict per epoch), ``base_lrs``, ``loader_rng`` and ``module_rngs``. Raises
-    ``FileNotFoundError`` if there is none (nothing to resume) and ``ValueError`` if it is not
-    one that ``train`` wrote.
-    """
-    path = Path(out_dir) / _STATE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path}, so nothing to resume from")
-    try:
-        state = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a fastconv training state: {e}") from e
-    keys = ("epoch", "config", "history", "base_lrs", "loader_rng", "module_rngs")
-    if (
-        not isinstance(state, dict)
-        or any(key not in state for key in keys)
-        or not isinstance(state["history"], list)
-        or len(state["history"]) != state["epoch"]
-    ):
-        raise ValueError(
-            f"{path} is not a fastconv training state: it needs the keys {', '.join(keys)}, "
-            "with one history entry per epoch"
-        )
-    return state
-
-
-def restore(out_dir, model, optimizer, train_loader=None, scheduler=None):
-    """Load the run saved in ``out_dir`` into these objects; return its history.
-
-    The model, the optimizer (rates, momentum or moments), the loader's shuffling stream and
-    the dropout streams continue where the saved epoch ended. A ``scheduler`` built for this
-    run keeps its own settings (e.g. a new ``T_max``) and continues from the saved base rates
-    and epoch. Pass the history to :func:`train` to continue the run.
-    """
-    out = Path(out_dir)
-    state = read_state(out)
-    streams = _random_streams(model)
-    if len(streams) != len(state["module_rngs"]):
-        raise ValueError(
-            f"{out / _STATE} holds {len(state['module_rngs'])} dropout stream(s), the model has "
-            f"{len(streams)}: it was saved from another network"
-        )
-    load(model, out / "checkpoint.npz")
-    load(optimizer, out / "optimizer.npz")
-    for rng, saved in zip(streams, state["module_rngs"], strict=True):
-        rng.bit_generator.state = saved
-    loader_rng = getattr(train_loader, "rng", None)
-    if loader_rng is not None and state["loader_rng"] is not None:
-        loader_rng.bit_generator.state = state["loader_rng"]
-    if scheduler is not None:
-        scheduler.base_lrs = list(state["base_lrs"])
-        scheduler.last_epoch = state["epoch"] - 1
-        scheduler.step()  # sets the rate of the next epoch from the closed form
-    return state["history"]
-
-
-def plot_history(history, path, title=""):
-    """Save loss and accuracy per epoch to ``path`` (PNG); False if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-o"), ("test", "--s")):
-        if history and f"{split}_loss" in history[0]:
-            ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], style, label=split)
-            ax_acc.plot(epochs, [100 * h[f"{split}_acc"] for h in history], style, label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        _write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-    return True
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -398,6 +326,8 @@ def train(
     scheduler=None,
     out_dir=None,
     resume=False,
+    overwrite=False,
+    save_every=None,
     history=None,
     config=None,
     title="",
@@ -416,20 +346,25 @@ def train(
     test_loader : iterable of (x, y) batches, optional
         Evaluated after every epoch (``test_loss``, ``test_acc`` in the history).
     epochs : int
-        The last epoch to train, counting epochs already done on resume.
+        The last epoch to train (>= 1), counting epochs already done on resume.
     criterion : default ``nn.CrossEntropyLoss()``
     scheduler : fastconv.optim.lr_scheduler.LRScheduler, optional
         Stepped once after every epoch.
     out_dir : str or os.PathLike, optional
-        Run directory for the checkpoint, history and curve (see the module doc); created if
-        needed. None: nothing is written.
+        Run directory for the snapshot, checkpoint, history and curve (see the module doc);
+        created if needed. None: nothing is written.
     resume : bool
         Continue the run saved in ``out_dir`` (:func:`restore`), printing where it resumed.
+    overwrite : bool
+        Start a new run in an ``out_dir`` that holds files (the earlier run's are deleted).
+        Without it, or ``resume``, a non-empty ``out_dir`` is refused before any training.
+    save_every : int, optional
+        Also snapshot every this many steps within an epoch (a resume finishes the epoch).
     history : list of dict, optional
         The epochs already done, as :func:`restore` returns them (for a caller that restores
-        first, e.g. to change the rate); training starts at epoch ``len(history) + 1``.
+        first, e.g. to change the rate); training continues where that snapshot was taken.
     config : dict, optional
-        JSON-able description of the run, saved in ``history.json`` and ``train_state.json``.
+        JSON-able description of the run, saved in ``history.json`` and the snapshot.
     title : str
         Title of ``curve.png``.
     progress : bool
@@ -449,51 +384,99 @@ def train(
     NonFiniteLossError
         The loss or a weight became NaN or infinite; the message names the step and epoch and
         says which checkpoint was kept. Files of earlier epochs are left untouched.
+    TrainingInterrupted
+        Ctrl-C (SIGINT, in the main thread): training stopped after the step in progress;
+        with ``out_dir`` a snapshot of that step was saved first, and the message says so.
+    RunDirectoryError
+        (a ``ValueError``) Before any training: a run directory that is a file, read-only, or
+        not empty (without ``resume``/``overwrite``).
+    ValueError, TypeError, FileNotFoundError
+        Before any training: a bad ``epochs`` or ``save_every``; with ``resume``, nothing to
+        resume (``FileNotFoundError``) or a snapshot that does not fit (see :func:`restore`).
     """
+    epochs = positive_int("epochs", epochs)
+    save_every = None if save_every is None else positive_int("save_every", save_every)
     say = log if log is not None else (lambda *_: None)
-    if resume:
-        if out_dir is None or history:
-            raise ValueError("resume=True needs out_dir, and no history (it reads it)")
-        history = restore(out_dir, model, optimizer, train_loader, scheduler)
-        say(f"resumed {out_dir} after epoch {len(history)}")
-    history = list(history or [])
-    criterion = nn.CrossEntropyLoss() if criterion is None else criterion
     out = None if out_dir is None else Path(out_dir)
+    if resume:
+        if out is None or history:
+            raise ValueError("resume=True needs out_dir, and no history (it reads it)")
+        history = restore(out, model, optimizer, train_loader, scheduler)
+        at = f", step {history.step}" if history.step else ""
+        say(f"resumed {out} after epoch {len(history)}{at}")
+    restored = history if isinstance(history, History) else History(history or [])
+    position = (restored.step, restored.totals, restored.loader_state)
+    history = list(restored)
+    criterion = nn.CrossEntropyLoss() if criterion is None else criterion
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        _prepare(out, resume or bool(history), overwrite)
+        if history and not restored.step:
+            # The files derived from the snapshot, if a crash came before they were written.
+            saved_config = restored.config if config is None else config
+            _repair_outputs(out, model, history, saved_config, title)
+    loader_rng = getattr(train_loader, "rng", None)
 
-    for epoch in range(len(history) + 1, epochs + 1):
-        lr = _lrs(optimizer)[0]
-        try:
-            train_loss, train_acc, seconds, speed = train_epoch(
-                model, train_loader, criterion, optimizer, f"epoch {epoch}/{epochs}", progress
-            )
-            if not _is_finite(model):
-                raise NonFiniteLossError("the weights became NaN or infinite")
-        except NonFiniteLossError as e:
-            done = len(history)
-            if out is None:
-                kept = f"{done} epoch(s) done, nothing saved (no out_dir)"
-            elif done:
-                kept = f"the checkpoint of epoch {done} in {out} is kept"
-            else:
-                kept = "no checkpoint was written"
-            raise NonFiniteLossError(
-                f"{e} in epoch {epoch} (lr {lr:g}); training stopped, {kept}"
-            ) from None
-        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
-        line = f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.2%}"
-        if test_loader is not None:
-            record["test_loss"], record["test_acc"] = evaluate(model, test_loader)
-            line += f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}"
-        record.update(seconds=seconds, images_per_s=speed, lr=lr)
-        history.append(record)
-        say(f"{line} | {seconds:.1f} s, {speed:.0f} img/s")
-        if scheduler is not None:
-            scheduler.step()
-        if out is not None:
-            _save_run(out, model, optimizer, train_loader, scheduler, history, config)
-            write_json(out / "history.json", {"config": config, "epochs": history})
-            if not plot_history(history, out / "curve.png", title) and len(history) == 1:
-                say("note: matplotlib is not installed; curve.png is not written")
+    with _Interrupts() as interrupts:
+        for epoch in range(len(history) + 1, epochs + 1):
+            step, totals, loader_state = position
+            position = (0, (0.0, 0, 0), None)
+            if loader_state is not None and loader_rng is not None:
+                loader_rng.bit_generator.state = loader_state  # the epoch's batches again
+            epoch_start = loader_rng.bit_generator.state if loader_rng is not None else None
+            lr = _lrs(optimizer)[0]
+
+            def after_step(step, totals, epoch=epoch, epoch_start=epoch_start):
+                due = save_every is not None and step % save_every == 0
+                if out is not None and (due or interrupts.requested):
+                    done = (step, totals, epoch_start)
+                    _snapshot(out, model, optimizer, scheduler, history, config, done)
+                if interrupts.requested:
+                    saved = (
+                        f"epoch {epoch - 1} and step {step} of epoch {epoch} are saved in "
+                        f"{out}; continue with resume (--resume)"
+                        if out is not None
+                        else "nothing was saved (no out_dir)"
+                    )
+                    raise TrainingInterrupted(f"interrupted: {saved}")
+
+            try:
+                train_loss, train_acc, seconds, speed = train_epoch(
+                    model, train_loader, criterion, optimizer, f"epoch {epoch}/{epochs}",
+                    progress, start=step, totals=totals, after_step=after_step,
+                )  # fmt: skip
+                if not _is_finite(model):
+                    raise NonFiniteLossError("the weights became NaN or infinite")
+            except NonFiniteLossError as e:
+                done = len(history)
+                if out is None:
+                    kept = f"{done} epoch(s) done, nothing saved (no out_dir)"
+                elif done:
+                    kept = f"the checkpoint of epoch {done} in {out} is kept"
+                else:
+                    kept = "no checkpoint was written"
+                raise NonFiniteLossError(
+                    f"{e} in epoch {epoch} (lr {lr:g}); training stopped, {kept}"
+                ) from None
+            record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
+            line = f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.2%}"
+            if test_loader is not None:
+                record["test_loss"], record["test_acc"] = evaluate(model, test_loader)
+                line += f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}"
+            record.update(seconds=seconds, images_per_s=speed, lr=lr)
+            history.append(record)
+            say(f"{line} | {seconds:.1f} s, {speed:.0f} img/s")
+            if scheduler is not None:
+                scheduler.step()
+            if out is not None:
+                # The snapshot first: once it is on disk the epoch is saved; the other files
+                # are derived from it (and rewritten from it on resume if a crash came first).
+                next_start = loader_rng.bit_generator.state if loader_rng is not None else None
+                _snapshot(
+                    out, model, optimizer, scheduler, history, config, (0, (0.0, 0, 0), next_start)
+                )
+                if not _write_outputs(out, model, history, config, title) and len(history) == 1:
+                    say("note: matplotlib is not installed; curve.png is not written")
+            if interrupts.requested:
+                where = f"epoch {epoch} is saved in {out}" if out is not None else "nothing saved"
+                raise TrainingInterrupted(f"interrupted after epoch {epoch}: {where}")
     return history

@@ -80,9 +80,9 @@ def test_train_resume_and_nan_stop(train_script, data_dir, tmp_path, capsys):
     assert 0 <= history[0]["test_acc"] <= 1
     model = fastconv.models.seed()
     fastconv.load(model, out / "checkpoint.npz")  # a complete state dict for the same net
-    with np.load(out / "optimizer.npz", allow_pickle=False) as npz:
-        assert "param_groups.0.lr" in npz.files
-    assert json.loads((out / "train_state.json").read_text())["epoch"] == 1
+    with np.load(out / "train_state.npz", allow_pickle=False) as npz:
+        assert "optimizer.param_groups.0.lr" in npz.files
+    assert fastconv.training.read_state(out)["epoch"] == 1
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -104,7 +104,7 @@ def test_train_resume_and_nan_stop(train_script, data_dir, tmp_path, capsys):
     # A huge learning rate makes the loss NaN: exit code 3, a clear message, and the
     # checkpoint of epoch 2 is left as it was.
     capsys.readouterr()
-    before = {f: (out / f).read_bytes() for f in ("checkpoint.npz", "train_state.json")}
+    before = {f: (out / f).read_bytes() for f in ("checkpoint.npz", "train_state.npz")}
     code = train_script.main(
         _args(data_dir, out, "--epochs", "4", "--limit", "64", "--resume", "--lr", "1e30")
     )
@@ -158,7 +158,7 @@ def test_help_shows_every_default(script, capsys):
     for option, body in zip(
         options, re.split(r"^  --[a-z-]+", text, flags=re.MULTILINE)[1:], strict=True
     ):
-        if option not in ("--resume", "--no-progress"):
+        if option not in ("--resume", "--overwrite", "--no-progress"):
             assert "(default:" in body, option
     assert "None" not in text and "[]" not in text
 
