@@ -31,6 +31,7 @@ from fastconv.kernels.simd import (
     tile_load,
     tile_repeat,
     tile_store,
+    tile_store_nchw,
     tile_store_rows,
     transpose16,
     vadd,
@@ -133,6 +134,9 @@ def _conv2d_fwd_item(
     xs = np.empty(C * Hs * Ws + TW * sw + 16, dtype=np.float32)  # slack: edge tiles
     _pad_sample(x, n, ph, pw, xs, Hs, Ws)
     buf = np.empty(NB * Pb * 16, dtype=np.float32)
+    # One phase writing whole rows of out: the final tiles go straight to NCHW rows (transposed
+    # in registers); otherwise they wait in the blocked buffer for a 16x16 transpose pass.
+    direct = phases.shape[0] == 1 and osh == 1 and osw == 1 and r0 == 0 and c0 == 0
     for g in range(g0, g1):
         for b in range(NB):  # the tiles start from the bias
             bias = vload(bb, (g * NB + b) * 16)
@@ -163,8 +167,14 @@ def _conv2d_fwd_item(
                                     acc = tile_fma(acc, xs, xi, xstep, sh * Ws, w, cols)
                                     xi += Hs * Ws
                                     wi += KH * KW * NB16
-                        tile_store(buf, at, osw * 16, osh * Wb * 16, Pb * 16, acc, blocks, cols)
-        for b in range(NB):
+                        if direct and ci + cchunk >= C:  # final: NCHW, no buffer
+                            at = ((n * O + g * NB * 16) * OH + th) * OW + tw
+                            nr, nc = min(TR, OH - th), min(TW, OW - tw)
+                            nch = O - g * NB * 16
+                            tile_store_nchw(out, at, OH * OW, OW, acc, blocks, cols, nch, nr, nc)
+                        else:
+                            tile_store(buf, at, osw * 16, osh * Wb * 16, Pb * 16, acc, blocks, cols)
+        for b in range(NB if not direct else 0):
             o0 = (g * NB + b) * 16
             if o0 < O:
                 block = buf[b * Pb * 16 : (b + 1) * Pb * 16]

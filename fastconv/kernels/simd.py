@@ -417,6 +417,91 @@ def vsplat(typingctx, value):
     return float32x16(value), codegen
 
 
+def _transpose(builder, rows):
+    """16 vectors -> their transpose: four stages swapping the off-diagonal 8x8, 4x4, 2x2 and
+    1x1 sub-blocks, 64 two-source shuffles."""
+    rows = list(rows)
+    mask_type = ir.VectorType(ir.IntType(32), LANES)
+    half = LANES // 2
+    while half >= 1:
+        # rows i and i + half (bit ``half`` of i clear) exchange their off-diagonal halves:
+        # lane l of the pair's first row takes the second row's lane l - half where bit
+        # ``half`` of l is set, and symmetrically.
+        lo = [lane if not lane & half else LANES + lane - half for lane in range(LANES)]
+        hi = [lane + half if not lane & half else LANES + lane for lane in range(LANES)]
+        for i in range(LANES):
+            if i & half:
+                continue
+            a, b = rows[i], rows[i + half]
+            rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask_type, lo))
+            rows[i + half] = builder.shuffle_vector(a, b, ir.Constant(mask_type, hi))
+        half //= 2
+    return rows
+
+
+@intrinsic
+def tile_store_nchw(
+    typingctx, arr, index, chan_step, row_step, acc, blocks, cols, nchan, nrows, ncols
+):
+    """Store a tile (layout as in ``tile_fma``, at most 16 pixels a block) transposed, as
+    NCHW rows: channel ``16*b + j`` (``j`` a lane) of pixel ``(r, q)`` goes to
+    ``arr.flat[index + (16*b + j)*chan_step + r*row_step + q]``, for channels < nchan, rows <
+    nrows and columns < ncols. Per block: a 16x16 transpose in registers, then one masked
+    store per channel and row. Saves the pass through a blocked buffer and its transpose."""
+    if not (_is_f32_array(arr) and _is_vec_tuple(acc) and _ints(index, chan_step, row_step)):
+        return None
+    if not (_ints(nchan, nrows, ncols) and _length(blocks) > 0 and _length(cols) > 0):
+        return None
+    nb, tw = len(blocks), len(cols)
+    npx = len(acc) // nb
+    if npx > LANES or npx % tw:
+        return None
+
+    def codegen(context, builder, sig, args):
+        vecs = cgutils.unpack_tuple(builder, args[4], nb * npx)
+        idx, cstp, rstp, nch, nr, nc = _intp(context, builder, sig, args, 1, 2, 3, 7, 8, 9)
+        i64 = idx.type
+        lanes = ir.Constant(ir.VectorType(i64, LANES), list(range(LANES)))
+        fn = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(
+                ir.VoidType(),
+                [_VEC, _VEC.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), LANES)],
+            ),
+            "llvm.masked.store.v16f32.p0v16f32",
+        )
+        undef = ir.Constant(_VEC, ir.Undefined)
+        row_masks = []
+        for r in range(npx // tw):
+            # lanes r*tw <= l < r*tw + ncols of row r, if r < nrows
+            lo = ir.Constant(i64, r * tw)
+            inside = builder.and_(
+                builder.icmp_signed(">=", lanes, _broadcast_int(builder, lo)),
+                builder.icmp_signed("<", lanes, _broadcast_int(builder, builder.add(lo, nc))),
+            )
+            row_ok = builder.icmp_signed("<", ir.Constant(i64, r), nr)
+            row_masks.append(builder.and_(inside, _broadcast_int(builder, row_ok)))
+        for b in range(nb):
+            channels = _transpose(builder, vecs[b * npx : (b + 1) * npx] + [undef] * (LANES - npx))
+            for j in range(LANES):
+                ch = b * LANES + j
+                ok = _broadcast_int(builder, builder.icmp_signed("<", ir.Constant(i64, ch), nch))
+                base = builder.add(idx, builder.mul(cstp, ir.Constant(i64, ch)))
+                for r, row_mask in enumerate(row_masks):
+                    # the store starts r*tw lanes before the row, so lane r*tw + q lands on q
+                    at = builder.sub(
+                        builder.add(base, builder.mul(rstp, ir.Constant(i64, r))),
+                        ir.Constant(i64, r * tw),
+                    )
+                    ptr = _pointer(context, builder, sig.args[0], args[0], at)
+                    mask = builder.and_(row_mask, ok)
+                    builder.call(fn, [channels[j], ptr, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+
+    sig = types.none(arr, index, chan_step, row_step, acc, blocks, cols, nchan, nrows, ncols)
+    return sig, codegen
+
+
 @intrinsic
 def transpose16(typingctx, src, src_index, src_step, dst, dst_index, dst_step):
     """Transpose a 16x16 block: ``dst.flat[dst_index + j*dst_step + i] =
@@ -434,21 +519,7 @@ def transpose16(typingctx, src, src_index, src_step, dst, dst_index, dst_step):
         for i in range(LANES):
             at = builder.add(si, builder.mul(ss, ir.Constant(si.type, i)))
             rows.append(_load(context, builder, sig.args[0], args[0], at))
-        mask_type = ir.VectorType(ir.IntType(32), LANES)
-        half = LANES // 2
-        while half >= 1:
-            # rows i and i + half (bit ``half`` of i clear) exchange their off-diagonal halves:
-            # lane l of the pair's first row takes the second row's lane l - half where bit
-            # ``half`` of l is set, and symmetrically.
-            lo = [lane if not lane & half else LANES + lane - half for lane in range(LANES)]
-            hi = [lane + half if not lane & half else LANES + lane for lane in range(LANES)]
-            for i in range(LANES):
-                if i & half:
-                    continue
-                a, b = rows[i], rows[i + half]
-                rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask_type, lo))
-                rows[i + half] = builder.shuffle_vector(a, b, ir.Constant(mask_type, hi))
-            half //= 2
+        rows = _transpose(builder, rows)
         for j in range(LANES):
             at = builder.add(di, builder.mul(ds, ir.Constant(di.type, j)))
             builder.store(rows[j], _pointer(context, builder, sig.args[3], args[3], at), align=4)
