@@ -94,7 +94,19 @@ def _algorithms():
         "blocked": Algorithm("blocked", runs=_conv_blocked.runs, chosen=_conv_blocked.chosen,
                              forward=_conv_blocked.forward, backward=_conv_blocked.backward),
     """
+    from fastconv import _conv_blocked  # here, not at the top: it imports ``workspace``
+
     return {
+        # float32, one group: the register-tiled direct convolution (kernels/conv_blocked.py).
+        # It computes every such shape; it is chosen where it measured faster than the paths
+        # below (``python -m benchmarks.report``, see ``_blocked_chosen``).
+        "blocked": Algorithm(
+            "blocked",
+            runs=_blocked_runs,
+            chosen=_blocked_chosen,
+            forward=functools.partial(_blocked_forward, _conv_blocked),
+            backward=functools.partial(_blocked_backward, _conv_blocked),
+        ),
         # Depthwise-style (one input channel per group): direct loops; each group's GEMM would be
         # a tiny (C_out/groups x kH*kW) matrix. Direct loops can compute any convolution, but
         # elsewhere im2col + GEMM beats them, even with one input channel (10x at 1 -> 32
@@ -358,3 +370,34 @@ def _winograd_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b):
         )
     kwino._winograd_weights_grad(dU.sum(axis=0), grad_w)
     _bias_grad(grad_out, grad_b)
+
+
+# =============================================================================================
+# Register-tiled direct convolution (float32)
+# =============================================================================================
+
+
+def _blocked_runs(conv):
+    return conv.dtype == np.float32 and conv.groups == 1
+
+
+def _blocked_chosen(conv):
+    return _blocked_runs(conv)
+
+
+def _blocked_forward(engine, conv, x, weight, bias, y):
+    engine.conv2d_forward(x, weight, bias, conv.stride, conv.before, conv.dilation, y)
+
+
+def _blocked_backward(engine, conv, grad_out, x, weight, grad_x, grad_w, grad_b):
+    need_x = grad_x is not None
+    if need_x and not engine.supports_input_grad(conv.stride, conv.dilation):
+        _gemm_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b)
+        return
+    gx, gw, gb = engine.conv2d_backward(
+        grad_out, x, weight, conv.stride, conv.before, conv.dilation, need_input_grad=need_x
+    )
+    if need_x:
+        grad_x[...] = gx
+    grad_w[...] = gw
+    grad_b[...] = gb

@@ -32,8 +32,9 @@ CONV_CASES = {
 
 # Each case runs through every algorithm that can compute it, forced with the planner's private
 # ``use_algorithm``: direct loops and im2col + GEMM take any case; Winograd only 3x3 stride-1
-# single-group ones.
-PATHS = ["direct", "gemm", "winograd"]
+# single-group ones; the register-tiled "blocked" engine float32 single-group ones (elsewhere
+# the usual choice runs).
+PATHS = ["direct", "gemm", "winograd", "blocked"]
 
 
 @pytest.fixture(params=PATHS)
@@ -110,15 +111,20 @@ def test_conv2d_backward_same_at_1_and_2_threads(rng, dtype, rtol):
         "gemm": (x, rng.standard_normal((24, 16, 3, 3)).astype(dtype), 1, 2),
         "direct": (x[:, :8], rng.standard_normal((24, 1, 3, 3)).astype(dtype), 8, 1),
     }
+    if dtype == np.float32:
+        cases["blocked"] = (x, rng.standard_normal((24, 16, 3, 3)).astype(dtype), 1, 1)
     for path, (xx, ww, groups, stride) in cases.items():
         conv = F.conv._conv_problem(xx, ww, stride, 1, 1, groups)[2]
-        assert plan.choose(conv).name == path
-        g = go if stride == 1 else go[:, :, ::2, ::2]
-        with fastconv.threads(1):
-            one = F.conv2d_backward(g, xx, ww, stride=stride, padding=1, groups=groups)
-        with fastconv.threads(2):
-            two = F.conv2d_backward(g, xx, ww, stride=stride, padding=1, groups=groups)
+        with plan.use_algorithm(path):
+            assert plan.choose(conv).name == path
+            g = go if stride == 1 else go[:, :, ::2, ::2]
+            with fastconv.threads(1):
+                one = F.conv2d_backward(g, xx, ww, stride=stride, padding=1, groups=groups)
+            with fastconv.threads(2):
+                two = F.conv2d_backward(g, xx, ww, stride=stride, padding=1, groups=groups)
         for a, b in zip(one, two, strict=True):
+            if path == "blocked":  # chunks fixed by the shape, summed in a fixed order
+                np.testing.assert_array_equal(a, b, err_msg=path)
             np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=path)
 
 

@@ -89,6 +89,9 @@ def _conv2d_backward(
     if grad_out.shape != (conv.N, conv.O, conv.OH, conv.OW):
         expected = (conv.N, conv.O, conv.OH, conv.OW)
         raise ValueError(f"grad_out must have shape {expected}, got {grad_out.shape}")
+    if conv.N == 0:  # an empty batch: every gradient is an empty sum
+        grad_x = np.zeros_like(x) if input_grad else None
+        return grad_x, np.zeros_like(weight), np.zeros(conv.O, dtype=x.dtype)
     algorithm = _conv_plan.choose(conv)
     grad_x = np.empty_like(x) if input_grad else None
     grad_w = np.empty_like(weight)
