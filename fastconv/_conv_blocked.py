@@ -223,7 +223,7 @@ def _weight_and_bias_grad(grad_out, x, weight_shape, stride, padding_before, dil
     # count, so the sums are the same at any thread count.
     cgroup = min(C, 8)
     items = ob // nb * -(-C // cgroup)
-    chunk = -(-N // max(1, min(N, -(-_GRAD_ITEMS // items))))
+    chunk = max(1, -(-N // max(1, min(N, -(-_GRAD_ITEMS // items)))))
     part = np.empty((-(-N // chunk), ob, C, kht, KW, 16), dtype=np.float32)
     _conv2d_bwd_weight_blocked(
         xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, cgroup, part,

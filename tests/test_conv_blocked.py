@@ -134,6 +134,16 @@ def test_one_and_two_threads_bit_identical(rng):
         np.testing.assert_array_equal(one, two)
 
 
+def test_empty_batch():
+    x = np.zeros((0, 3, 6, 6), np.float32)
+    w = np.ones((20, 3, 3, 3), np.float32)
+    out = cb.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), np.empty((0, 20, 6, 6), np.float32))
+    gx, gw, gb = cb.conv2d_backward(out, x, w, (1, 1), (1, 1), (1, 1))
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, np.zeros_like(w))
+    np.testing.assert_array_equal(gb, np.zeros(20, np.float32))
+
+
 def test_supports():
     assert cb.supports((2, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32)
     assert not cb.supports((2, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float64)

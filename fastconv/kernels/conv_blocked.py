@@ -319,8 +319,8 @@ def _sum_chunks(part, bias_part, grad_w, grad_b):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
-                    s = part[0, ob, c, kh, kw, j]
-                    for k in range(1, K):
+                    s = np.float32(0.0)  # no chunks when there are no samples
+                    for k in range(K):
                         s += part[k, ob, c, kh, kw, j]
                     grad_w[o, c, kh, kw] = s
         t = 0.0
