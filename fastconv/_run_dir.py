@@ -20,6 +20,7 @@ import numpy as np
 from fastconv.serialization import _write_atomically, load, save
 
 _STATE = "train_state.npz"  # the snapshot: model, optimizer and loop state in one file
+_WRITE_TEST = ".write-test"  # written and removed before training: can the directory be used?
 # Every file a run writes (``overwrite`` removes them; the last two are the layout before 0.2).
 _RUN_FILES = (
     _STATE,
@@ -200,7 +201,12 @@ def _prepare(out, resume, overwrite):
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"the run directory {out} is a file, not a directory")
     if out.is_dir() and not resume:
-        taken = sorted(p.name for p in out.iterdir())
+        # Not counted: what a killed save or write test of this module left behind.
+        taken = sorted(
+            p.name
+            for p in out.iterdir()
+            if not (p.name == _WRITE_TEST or (p.name.startswith(".") and p.name.endswith(".tmp")))
+        )
         if taken and not overwrite:
             shown = ", ".join(taken[:4]) + (", ..." if len(taken) > 4 else "")
             raise RunDirectoryError(
@@ -212,8 +218,8 @@ def _prepare(out, resume, overwrite):
                 (out / name).unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomically(out / ".write-test", lambda f: f.write(b""))
-        (out / ".write-test").unlink()
+        _write_atomically(out / _WRITE_TEST, lambda f: f.write(b""))
+        (out / _WRITE_TEST).unlink()
     except OSError as e:
         raise RunDirectoryError(f"cannot write in the run directory {out}: {e}") from e
 
