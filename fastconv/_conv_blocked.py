@@ -152,16 +152,15 @@ def _residues(K, s, size, p):
     return front, phases
 
 
-def _input_grad(grad_out, weight, stride, padding_before, dilation, x_shape):
+def _input_grad(grad_out, weight, stride, padding_before, dilation, grad_x):
     """grad_x: grad_out convolved with the flipped, channel-transposed kernel (a transposed
     convolution). Stride 1: one stride-1 convolution, grad_out padded by (K - 1)*d - p in
     front. Stride s: one phase per residue r of (i + p) mod s (rows and columns), a stride-1
     convolution with the taps k = r, r + s, ... whose outputs land every s-th pixel."""
-    N, C, H, W = x_shape
+    N, C, H, W = grad_x.shape
     KH, KW = weight.shape[2:]
     (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding_before
     flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-    grad_x = np.empty(x_shape, dtype=np.float32)
     if (sh, sw) == (1, 1):
         pad = ((KH - 1) * dh - ph, (KW - 1) * dw - pw)
         return conv2d_forward(grad_out, flipped, None, (1, 1), pad, (dh, dw), grad_x)
@@ -201,9 +200,9 @@ def _input_grad(grad_out, weight, stride, padding_before, dilation, x_shape):
     return _run(grad_out, wb, None, (fh, fw), geo, phases, grad_x, tile, (0,))
 
 
-def _weight_and_bias_grad(grad_out, x, weight_shape, stride, padding_before, dilation):
+def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w, grad_b):
     N, O, OH, OW = grad_out.shape
-    C, KH, KW = weight_shape[1:]
+    C, KH, KW = grad_w.shape[1:]
     # Tile: nb blocks x (krows x KW) taps of one input channel, at most _MAX_TAPS accumulators.
     krows = max(1, min(KH, _MAX_TAPS // KW))
     nb = 2 if _blocks(O) >= 2 and 2 * krows * KW <= _MAX_TAPS else 1
@@ -229,25 +228,29 @@ def _weight_and_bias_grad(grad_out, x, weight_shape, stride, padding_before, dil
         xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, cgroup, part,
         (0,) * nb, (0,) * (krows * KW), (0,) * KW,
     )  # fmt: skip
-    grad_w = np.empty(weight_shape, dtype=np.float32)
-    grad_b = np.empty(O, dtype=np.float32)
     _sum_chunks(part, bias_part, grad_w, grad_b)
     return grad_w, grad_b
 
 
-def conv2d_backward(grad_out, x, weight, stride, padding_before, dilation, need_input_grad=True):
+def conv2d_backward(
+    grad_out, x, weight, stride, padding_before, dilation, need_input_grad=True, out=None
+):
     """(grad_x or None, grad_weight, grad_bias) of ``conv2d_forward``.
 
     grad_out (N, O, OH, OW), x (N, C, H, W), weight (O, C, KH, KW): C-contiguous float32; the
     other arguments as in ``conv2d_forward``. grad_x needs stride 1 or dilation 1
-    (``supports_input_grad``).
+    (``supports_input_grad``). ``out``: optional (grad_x or None, grad_w, grad_b) C-contiguous
+    float32 arrays to write into (and return) instead of new ones.
     """
-    grad_x = None
+    if out is None:
+        grad_x = np.empty(x.shape, np.float32) if need_input_grad else None
+        out = grad_x, np.empty(weight.shape, np.float32), np.empty(weight.shape[0], np.float32)
+    grad_x, grad_w, grad_b = out
     if need_input_grad:
         if not supports_input_grad(stride, dilation):
             raise ValueError(f"input gradient with stride {stride} and dilation {dilation}")
-        grad_x = _input_grad(grad_out, weight, stride, padding_before, dilation, x.shape)
-    grad_w, grad_b = _weight_and_bias_grad(
-        grad_out, x, weight.shape, stride, padding_before, dilation
-    )
+        _input_grad(grad_out, weight, stride, padding_before, dilation, grad_x)
+    else:
+        grad_x = None
+    _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w, grad_b)
     return grad_x, grad_w, grad_b

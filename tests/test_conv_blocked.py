@@ -134,6 +134,18 @@ def test_one_and_two_threads_bit_identical(rng):
         np.testing.assert_array_equal(one, two)
 
 
+def test_backward_writes_into_given_arrays(rng):
+    case = CASES["k3_s2_p1_odd"]
+    x, w, b = _inputs(rng, case)
+    go = rng.standard_normal(_out_shape(case)).astype(np.float32)
+    out = (np.empty_like(x), np.empty_like(w), np.empty_like(b))
+    result = cb.conv2d_backward(go, x, w, (2, 2), (1, 1), (1, 1), out=out)
+    assert all(r is o for r, o in zip(result, out, strict=True))
+    _, (gx_ref, gw_ref, gb_ref) = _reference(x, w, b, go, case)
+    for actual, expected in zip(out, (gx_ref, gw_ref, gb_ref), strict=True):
+        assert_close32(actual, expected)
+
+
 def test_empty_batch():
     x = np.zeros((0, 3, 6, 6), np.float32)
     w = np.ones((20, 3, 3, 3), np.float32)
