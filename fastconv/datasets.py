@@ -50,6 +50,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 _CHUNK = 1 << 22  # bytes inflated and copied at a time
+_MAX_RATIO = 1100  # above deflate's best compression ratio (about 1032:1)
 _TRAILING_COUNTED = 1 << 20  # trailing bytes counted for the error message, at most
 
 
@@ -99,13 +100,19 @@ def _load_idx(path, check=None):
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
         dtype, shape = _read_header(stream, path)
         expected = math.prod(shape) * dtype.itemsize
-        if not gzipped:  # the file's size is known: check it before allocating anything
-            got = os.fstat(raw.fileno()).st_size - raw.tell()
-            if got < expected:
-                raise ValueError(
-                    f"{path}: truncated IDX data: expected {expected} bytes after the header "
-                    f"(shape {shape} of {dtype.name}), got {got}"
-                )
+        # Checked before allocating anything: the plain file's size, or what a gzip file of
+        # this size can inflate to at most (deflate shrinks data at most about 1032 times).
+        file_size = os.fstat(raw.fileno()).st_size
+        if not gzipped and file_size - raw.tell() < expected:
+            raise ValueError(
+                f"{path}: truncated IDX data: expected {expected} bytes after the header "
+                f"(shape {shape} of {dtype.name}), got {file_size - raw.tell()}"
+            )
+        if gzipped and expected > _MAX_RATIO * file_size:
+            raise ValueError(
+                f"{path}: truncated IDX data: the header promises {expected} bytes (shape "
+                f"{shape} of {dtype.name}), more than a {file_size}-byte gzip file can hold"
+            )
         if check is not None:
             check(dtype, shape)
         # Read into an array of the header's size: a gzip member never inflates further than

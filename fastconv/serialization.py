@@ -233,6 +233,8 @@ def open_regular_file(path, what):
         raise ValueError(f"{path!r} is a directory: {what}") from None
     try:
         info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ValueError(f"{path!r} is a directory: {what}")
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path!r} is not a regular file (a FIFO, socket or device): {what}")
         if hasattr(os, "set_blocking"):
