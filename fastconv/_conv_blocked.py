@@ -18,7 +18,6 @@ import numpy as np
 
 from fastconv._threads import get_num_threads
 from fastconv.kernels.conv_blocked import (
-    _bwd_prepare,
     _conv2d_bwd_weight_blocked,
     _conv2d_fwd_blocked,
     _conv2d_fwd_pixels,
@@ -215,7 +214,6 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
     xs = np.empty((N, C * Hs * Ws + (kht - KH) * dh * Ws + KW * dw + 16), dtype=np.float32)
     gb = np.empty((N, ob, OH * OW * 16), dtype=np.float32)
     bias_part = np.empty((N, O), dtype=np.float64)
-    _bwd_prepare(x, *padding_before, xs, Hs, Ws, grad_out, gb, bias_part)
     # Channels per iteration: up to 8 share each block of gradient rows. Samples per chunk:
     # all of them (each iteration sums its whole share) unless the other dimensions give
     # fewer than _GRAD_ITEMS iterations. A function of the shape only, never of the thread
@@ -225,8 +223,8 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
     chunk = max(1, -(-N // max(1, min(N, -(-_GRAD_ITEMS // items)))))
     part = np.empty((-(-N // chunk), ob, C, kht, KW, 16), dtype=np.float32)
     _conv2d_bwd_weight_blocked(
-        xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, cgroup, part,
-        (0,) * nb, (0,) * (krows * KW), (0,) * KW,
+        x, *padding_before, grad_out, xs, gb, bias_part, Hs, Ws, sh, sw, dh, dw, chunk, cgroup,
+        part, (0,) * nb, (0,) * (krows * KW), (0,) * KW,
     )  # fmt: skip
     _sum_chunks(part, bias_part, grad_w, grad_b)
     return grad_w, grad_b

@@ -193,15 +193,6 @@ def _compact_region(block, r0, c0, OH, OW, Wb):
             vstore(block, oh * OW * 16 + i, vload(block, src + i))
 
 
-@pjit
-def _bwd_prepare(x, ph, pw, xs, Hs, Ws, g, gb, bias_part):
-    """Per sample n: xs[n] = padded x[n] (``_pad_sample``), gb[n] = g[n] in 16-channel blocks
-    (``_nchw_to_blocked``), bias_part[n, o] = sum over pixels of g[n, o]."""
-    for n in prange(x.shape[0]):
-        _pad_sample(x, n, ph, pw, xs[n], Hs, Ws)
-        _nchw_to_blocked(g, n, gb[n], bias_part[n])
-
-
 @jit
 def _nchw_to_blocked(g, n, gb, bias_part):
     """gb[ob, p*16 + j] = g[n, 16*ob + j, p] (zero for channels >= O), gb (OB, OH*OW*16);
@@ -245,27 +236,34 @@ def _nchw_to_blocked(g, n, gb, bias_part):
 
 @pjit
 def _conv2d_bwd_weight_blocked(
-    xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, cgroup, part, blocks, taps, cols
-):
-    """Partial weight gradients, one per chunk of ``chunk`` samples:
+    x, ph, pw, g, xs, gb, bias_part, Hs, Ws, sh, sw, dh, dw, chunk, cgroup, part,
+    blocks, taps, cols,
+):  # fmt: skip
+    """Partial weight and bias gradients, one per chunk of ``chunk`` samples:
     ``part[k, ob, c, kh, kw, j] = sum over samples n of chunk k and output pixels (oh, ow) of
-    gb[n, ob, (oh*OW + ow)*16 + j] * x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]``.
+    g[n, 16*ob + j, oh, ow] * x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]``,
+    ``bias_part[n, o]`` = sum over pixels of g[n, o].
 
-    xs (N, C*Hs*Ws + slack) the padded input, gb (N, OB, P*16) the output gradient in blocks
-    (both from ``_bwd_prepare``), part (K, OB, C, KHt, KW, 16), KHt a multiple of TRK. The
-    register tile is NB blocks x TRK kernel rows x KW taps of one input channel (``taps`` has
-    TRK*KW entries, ``cols`` KW): each output pixel loads NB gradient vectors and broadcasts
-    TRK*KW inputs. prange over (chunk, group of NB blocks, group of ``cgroup`` channels). The
-    chunks depend on the shape only, so the sum over chunks (``_sum_chunks``) is the same at
-    any thread count.
+    First, per sample: xs[n] (C*Hs*Ws + slack) = x[n] zero-padded (``_pad_sample``), gb[n]
+    (OB, P*16) = g[n] in 16-channel blocks (``_nchw_to_blocked``). Then the products: part
+    (K, OB, C, KHt, KW, 16), KHt a multiple of TRK. The register tile is NB blocks x TRK kernel
+    rows x KW taps of one input channel (``taps`` has TRK*KW entries, ``cols`` KW): each output
+    pixel loads NB gradient vectors and broadcasts TRK*KW inputs. prange over (chunk, group of
+    NB blocks, group of ``cgroup`` channels). The chunks depend on the shape only, so the sum
+    over chunks (``_sum_chunks``) is the same at any thread count. One function for both
+    passes: each parallel kernel costs its own compile time.
     """
+    for n in prange(x.shape[0]):
+        _pad_sample(x, n, ph, pw, xs[n], Hs, Ws)
+        _nchw_to_blocked(g, n, gb[n], bias_part[n])
     G, C = part.shape[1] // len(blocks), part.shape[2]
     CG = (C + cgroup - 1) // cgroup
+    OW = g.shape[3]
     for it in prange(part.shape[0] * G * CG):
         k, rest = it // (G * CG), it % (G * CG)
-        g, c0 = rest // CG, rest % CG * cgroup
+        grp, c0 = rest // CG, rest % CG * cgroup
         _weight_grad_item(
-            xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part, k, g, c0, min(C, c0 + cgroup),
+            xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part, k, grp, c0, min(C, c0 + cgroup),
             blocks, taps, cols,
         )  # fmt: skip
 
