@@ -25,9 +25,9 @@ from fastconv.kernels.conv_blocked import (
 )
 
 # Register budget: 32 zmm registers hold the tile's accumulators plus the NB weight vectors and
-# one broadcast value. A tile of 14 output pixels x 2 blocks (28 accumulators) ran fm_conv2's
-# forward at ~70% of the measured FMA peak on one core; one block of 14 pixels still hides the
-# FMA latency (14 independent chains >= 4 cycles x 2 FMA ports).
+# one broadcast value. fm_conv2 forward on one core (FMA peak measured 215-227 GFLOP/s), by tile
+# (blocks x rows x columns): 2x1x14 150-160 GFLOP/s, 2x2x7 145, 1x2x14 130, 4x1x7 113, 3x1x8 83.
+# One block of 14 pixels still hides the FMA latency (14 chains >= 4 cycles x 2 FMA ports).
 _TILES = ((1, 14), (2, 7))  # (rows, columns) of output pixels per tile
 _WEIGHT_CHUNK_BYTES = 16384  # a chunk of input channels' weights stays in L1 across tiles
 # Up to this many output channels, a stride-1 convolution runs vectorised over 16 output pixels
