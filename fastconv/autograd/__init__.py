@@ -9,7 +9,10 @@ losses.
 """
 
 from fastconv.autograd import ops as ops
+from fastconv.autograd._heap import keep_heap
 from fastconv.autograd.ops import cat, stack
 from fastconv.autograd.tensor import Tensor, enable_grad, is_grad_enabled, no_grad
+
+keep_heap()  # freed activations stay for the next step instead of page-faulting back in
 
 __all__ = ["Tensor", "cat", "stack", "no_grad", "enable_grad", "is_grad_enabled"]
