@@ -138,10 +138,7 @@ def _conv2d_fwd_item(
     # in registers); otherwise they wait in the blocked buffer for a 16x16 transpose pass.
     direct = phases.shape[0] == 1 and osh == 1 and osw == 1 and r0 == 0 and c0 == 0
     for g in range(g0, g1):
-        for b in range(NB):  # the tiles start from the bias
-            bias = vload(bb, (g * NB + b) * 16)
-            for p in range(Pb):
-                vstore(buf, (b * Pb + p) * 16, bias)
+        bias = vload_tuple(bb, g * NB16, 16, blocks)  # the first chunk's tiles start here
         w0 = g * C * KH * KW * NB16
         # Input channels in chunks of ``cchunk`` so the chunk's weights stay in L1 while every
         # tile reads them; the tiles' partial sums wait in ``buf`` between chunks (loading and
@@ -152,9 +149,12 @@ def _conv2d_fwd_item(
                 for th in range(0, Mh, TR):
                     for tw in range(0, Mw, TW):
                         at = ((th * osh + oh0) * Wb + tw * osw + ow0) * 16
-                        acc = tile_load(
-                            buf, at, osw * 16, osh * Wb * 16, Pb * 16, blocks, pixels, cols
-                        )
+                        if ci == 0:
+                            acc = tile_repeat(bias, pixels)
+                        else:
+                            acc = tile_load(
+                                buf, at, osw * 16, osh * Wb * 16, Pb * 16, blocks, pixels, cols
+                            )
                         # Channels innermost: a long loop (the taps' loops are 1-5 long
                         # and their exits cost ~20% of the FMA rate when innermost).
                         for jh in range(nkh):
