@@ -88,8 +88,29 @@ def torch_model(name, seed=0):
         layers = [nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
                   nn.MaxPool2d(2), res_block(32, 32, 1), res_block(32, 64, 2),
                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]  # fmt: skip
+    elif name == "inception":
+
+        class Inception(nn.Module):  # fastconv.models.Inception
+            def __init__(self, c_in, c1, c2_reduce, c2, c3):
+                super().__init__()
+
+                def unit(c_in, c_out, k):
+                    return [nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
+                            nn.BatchNorm2d(c_out), nn.ReLU()]  # fmt: skip
+
+                self.b1 = nn.Sequential(*unit(c_in, c1, 1))
+                self.b2 = nn.Sequential(*unit(c_in, c2_reduce, 1), *unit(c2_reduce, c2, 3))
+                self.b3 = nn.Sequential(nn.MaxPool2d(3, 1, 1), *unit(c_in, c3, 1))
+
+            def forward(self, x):
+                return torch.cat([self.b1(x), self.b2(x), self.b3(x)], 1)
+
+        layers = [nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                  nn.MaxPool2d(2), Inception(32, 16, 16, 24, 8), nn.MaxPool2d(2),
+                  Inception(48, 24, 24, 32, 16), nn.Flatten(), nn.Linear(72 * 7 * 7, 128),
+                  nn.ReLU(), nn.Linear(128, 10)]  # fmt: skip
     else:
-        raise ValueError(f"name must be seed, lenet, bn or resnet, got {name!r}")
+        raise ValueError(f"name must be seed, lenet, bn, resnet or inception, got {name!r}")
     return nn.Sequential(*layers)
 
 

@@ -41,7 +41,7 @@ EXIT_USAGE = 2  # bad option, no data, an unusable --out, or nothing to resume
 EXIT_NONFINITE = 3  # the loss became NaN or infinite
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
-DEFAULT_OPTIMIZER = {"seed": "sgd", "lenet": "momentum", "bn": "momentum", "resnet": "momentum"}
+DEFAULT_OPTIMIZER = {name: "momentum" for name in models.NAMES} | {"seed": "sgd"}
 # A resumed run must be the same kind of run; the other options may change between sessions.
 SAME_ON_RESUME = ("model", "dataset", "optimizer", "schedule")
 MAX_THREADS = numba.config.NUMBA_NUM_THREADS  # numba's pool size, fixed at start-up

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from fastconv import nn
 from fastconv._checks import generator
+from fastconv.autograd import cat
 
-__all__ = ["NAMES", "build", "seed", "lenet", "bn", "resnet"]
+__all__ = ["NAMES", "build", "seed", "lenet", "bn", "resnet", "inception", "Inception"]
 
 
 def _layers(rng):
@@ -108,12 +109,62 @@ def resnet(activation=nn.ReLU, rng=None):
     )  # fmt: skip
 
 
-_BUILDERS = {"seed": seed, "lenet": lenet, "bn": bn, "resnet": resnet}
+class Inception(nn.Module):
+    """An Inception block (GoogLeNet's, without the 5x5 branch): three branches on the same
+    input, concatenated on channels, each unit conv (no bias) -> BatchNorm -> activation::
+
+        b1: 1x1 conv                              -> c1 channels
+        b2: 1x1 conv (c2_reduce) -> 3x3 conv       -> c2 channels
+        b3: 3x3 max pool (stride 1) -> 1x1 conv   -> c3 channels
+
+    (N, c_in, H, W) -> (N, c1 + c2 + c3, H, W). Its ``forward`` is written with Tensors
+    (``fastconv.cat``): it trains in autograd mode, and in layer mode too (a ``Sequential``
+    holding it, ``training.train_step``), where its backward runs the graph it recorded.
+    """
+
+    def __init__(self, c_in, c1, c2_reduce, c2, c3, activation=nn.ReLU, conv=None):
+        super().__init__()
+        conv = conv or nn.Conv2d
+
+        def unit(c_in, c_out, k):
+            return [conv(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out),
+                    activation()]  # fmt: skip
+
+        self.b1 = nn.Sequential(*unit(c_in, c1, 1))
+        self.b2 = nn.Sequential(*unit(c_in, c2_reduce, 1), *unit(c2_reduce, c2, 3))
+        self.b3 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), *unit(c_in, c3, 1))
+
+    def forward(self, x):
+        return cat([self.b1(x), self.b2(x), self.b3(x)], dim=1)
+
+
+def inception(activation=nn.ReLU, rng=None):
+    """A small Inception network, the autograd example: a 3x3 stem (32 channels) at 28x28,
+    max-pool, an Inception block (32 -> 48 channels) at 14x14, max-pool, an Inception block
+    (48 -> 72 channels) at 7x7, then two linear layers: 72 * 7 * 7 = 3528 -> 128 -> 10;
+    468,394 parameters.
+    """
+    conv, linear, _ = _layers(rng)
+    act = activation
+
+    def block(*channels):
+        return Inception(*channels, activation=act, conv=conv)
+
+    return nn.Sequential(
+        conv(1, 32, padding=1, bias=False), nn.BatchNorm2d(32), act(), nn.MaxPool2d(2),
+        block(32, 16, 16, 24, 8), nn.MaxPool2d(2),
+        block(48, 24, 24, 32, 16),
+        nn.Flatten(), linear(72 * 7 * 7, 128), act(), linear(128, 10),
+    )  # fmt: skip
+
+
+_BUILDERS = {"seed": seed, "lenet": lenet, "bn": bn, "resnet": resnet, "inception": inception}
 NAMES = tuple(_BUILDERS)
 
 
 def build(name, activation=nn.ReLU, rng=None):
-    """The network ``name`` (one of ``NAMES``: seed, lenet, bn, resnet); see its builder."""
+    """The network ``name`` (one of ``NAMES``: seed, lenet, bn, resnet, inception); see its
+    builder."""
     if name not in _BUILDERS:
         raise ValueError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
     return _BUILDERS[name](activation=activation, rng=rng)
