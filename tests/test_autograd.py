@@ -339,3 +339,9 @@ def test_paths_of_different_lengths_to_one_tensor_gradcheck(rng):
         return fastconv.cat([c + x, a, b.sigmoid()], 0)
 
     check(f, randn(rng, 2, 3))
+
+
+def test_truth_value_follows_numpy():
+    assert Tensor(np.array(1.0)) and not Tensor(np.array([0.0]))
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(Tensor(np.zeros(3)))

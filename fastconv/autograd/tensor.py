@@ -155,6 +155,9 @@ class Tensor:
     def __float__(self):
         return float(self.item())
 
+    def __bool__(self):  # NumPy's rule: one element, else ValueError (never ``len() != 0``)
+        return bool(self.data)
+
     # ---- the engine -------------------------------------------------------------------------
 
     def backward(self, gradient=None, retain_graph=False):

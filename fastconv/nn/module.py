@@ -67,9 +67,19 @@ class Module:
     attribute registers it, as in PyTorch, so ``named_parameters()`` and ``state_dict()`` find it
     under a dotted name such as ``"0.weight"`` or ``"block.1.running_mean"``.
 
-    A subclass implements ``forward(x)``, which caches what ``backward`` needs in ``self._ctx``,
-    and ``backward(grad_out)``, which returns the gradient with respect to the input and
-    **adds** the parameter gradients to each ``Parameter.grad``.
+    Two modes, chosen per call by the argument:
+
+    - **autograd** (``module(tensor)``, any argument a ``fastconv.Tensor``): the result is a
+      Tensor, and ``loss.backward()`` adds to every ``Parameter.grad``. Write ``forward`` with
+      child modules and Tensor operations (``fastconv.cat``, ``+``, ...) and nothing else is
+      needed; an instance may be called several times in one forward. Built-in layers record
+      one node each, calling their functional backward (``_forward_tensor``).
+    - **layer** (``module(array)``): ``forward(x)`` caches what ``backward`` needs in
+      ``self._ctx``, and ``backward(grad_out)`` returns the gradient with respect to the input
+      and **adds** the parameter gradients to each ``Parameter.grad``. A module that defines
+      only ``forward`` (written for Tensors) runs it through autograd and its ``backward`` runs
+      the recorded graph, so it works inside layer-mode code such as ``training.train_step``.
+      A module run twice in one forward pass refuses ``backward`` (its cache holds one call).
     """
 
     def __init__(self):
@@ -390,6 +400,7 @@ class Module:
     def _forward_through_graph(self, *args, **kwargs):
         """Layer mode of a module whose ``forward`` is written with Tensors: float arrays become
         Tensors requiring grad, the graph is kept for ``backward`` and the data returned."""
+        self._ctx = None  # the last call's graph goes first, not after this one is built
         inputs = tuple(
             Tensor(a, requires_grad=True)
             if isinstance(a, np.ndarray) and a.dtype in FLOAT_DTYPES
