@@ -2,20 +2,22 @@
 
 Shapes: x (N, C, H, W) NCHW; packed weights wb (G, C, KH, KW, NB*16) for groups of NB blocks
 of 16 output channels: ``wb[g, c, kh, kw, 16*b + j] = weight[16*(g*NB + b) + j, c, kh, kw]``
-(zero past O). A tap's NB weight vectors are adjacent: one stream through the cache (separate
-per-block arrays put NB streams a multiple of 4 KB apart, and NB = 4 ran 25% slower);
-y (N, O, OH, OW) NCHW. Output pixel (oh, ow) and tap (kh, kw) read input
-``(oh*sh - ph + kh*dh, ow*sw - pw + kw*dw)``; outside the input is a zero of the padding.
+(zero past O; a tap's NB weight vectors are adjacent); y (N, O, OH, OW) NCHW. Output pixel
+(oh, ow) and tap (kh, kw) read input ``(oh*sh - ph + kh*dh, ow*sw - pw + kw*dw)``; outside
+the input is a zero of the padding.
 
 The forward kernel keeps a tile of ``NB`` blocks of 16 output channels x ``TR x TW`` output
 pixels in registers (``simd.tile_fma``): each step broadcasts one input value per pixel and
 multiplies it with one weight vector per block, so a 3x3 tile of 14 pixels x 2 blocks does 28
 FMAs per 2 weight loads and 14 broadcasts. The input sample is first copied into a zero-padded
-workspace so the inner loop has no bounds checks; the tile's results go to a blocked buffer
-(pixel-major, 16 channels contiguous) and are transposed to NCHW 16x16 at a time.
+workspace so the inner loop has no bounds checks. A finished tile is transposed in registers
+and stored as NCHW rows; partial sums between chunks of input channels, and the phases of a
+strided input gradient, wait in a blocked buffer (pixel-major, 16 channels contiguous).
+Convolutions with few output channels use ``_conv2d_fwd_pixels`` instead (16-pixel vectors).
 
-Every ``prange`` body is one call of a serial kernel (``_item`` suffix): numba's parallel
-passes cost ~1.7 s of compile time on the forward body written inline, ~0.1 s around a call.
+Every ``prange`` body is one call of a serial kernel (``_item`` suffix): one unit of work
+reads as a plain function. (It does not save compile time: numba links the callee's code into
+the parallel kernel and optimizes it again.)
 
 Tile shapes are compile-time constants carried by the types of dummy tuples ``(0,) * k``:
 ``blocks`` (NB), ``pixels`` (TR*TW) and ``cols`` (TW); ``_conv_blocked.py`` chooses them per

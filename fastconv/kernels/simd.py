@@ -1,9 +1,10 @@
 """A 16-float32 vector value for numba kernels: LLVM's ``<16 x float>``, one zmm register.
 
 Why: numba compiles a loop over a small accumulator array (``acc[p, j] += x * w[j]``) with the
-accumulators in memory, often with scalar FMAs; measured on a register-blocked direct convolution
-that reached 4-13% of the machine's FMA peak. The same loop written with explicit vector values,
-each accumulator one SSA value that LLVM keeps in a register, reached 83-98% of peak.
+accumulators in memory, often with scalar FMAs: 4-13% of the FMA peak in the calibration of
+the performance issue. Written with explicit vector values, each accumulator one SSA value that
+LLVM keeps in a register, the same convolution's inner loop runs at ~90% of the peak measured
+on this machine (~220 GFLOP/s per core), the whole kernel at 70-80%.
 
 The vector type never reaches Python: kernels create, combine and store vectors through the
 intrinsics below. A register tile is a numba ``UniTuple`` of vectors (immutable, so LLVM keeps
@@ -11,8 +12,11 @@ every element in a register as long as the tile fits); its length is a compile-t
 taken from the type of a dummy tuple argument (``tile``: ``(0,) * length``), so one kernel source
 serves every tile shape and each shape is one specialisation in numba's on-disk cache.
 
-On CPUs without AVX-512, LLVM splits each vector into two ymm (AVX2) or four xmm registers: the
-code stays correct, only slower.
+Vector width: numba sets no ``min-legal-vector-width`` on its functions, so LLVM keeps explicit
+512-bit vectors in zmm registers even for Intel CPUs whose auto-vectoriser prefers 256 bits
+(checked with ``inspect_asm``: ``vfmadd231ps %zmm`` on a host LLVM calls 'rocketlake'). Without
+AVX-512, LLVM splits each vector into two ymm (AVX2) or four xmm registers: the code stays
+correct (the tests pass with ``NUMBA_CPU_NAME=haswell``), only slower.
 
 Every index below is a flat element index into a C-contiguous float32 array; loads and stores
 are unaligned and unchecked (kernels never validate: the caller guarantees the bounds).
