@@ -14,6 +14,11 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# The largest size, stride, padding, dilation or count accepted. Kernels index with int64 and
+# add or multiply two such numbers at most, which stays far from overflow; no array has an axis
+# this long (a numba typing error, an OverflowError or a wrong shape came out of larger ones).
+MAX_SIZE = 2**31 - 1
+
 
 def is_int(value):
     """True for Python and NumPy integers, but not for bools (``True`` is not a size)."""
@@ -39,6 +44,8 @@ def check_array(name, x, ndim=None, dtype=None):
         if x.ndim not in allowed:
             want = " or ".join(f"{d}-D" for d in allowed)
             raise ValueError(f"{name} must be {want}, got {x.ndim}-D array of shape {x.shape}")
+    if x.ndim == 0:
+        return x  # contiguous already; np.ascontiguousarray would make it 1-d
     return np.ascontiguousarray(x)
 
 
@@ -52,6 +59,8 @@ def pair(name, value, minimum=None):
         raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
     if minimum is not None and min(result) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(abs(v) for v in result) > MAX_SIZE:
+        raise ValueError(f"{name} must be at most {MAX_SIZE}, got {value!r}")
     return result
 
 
@@ -59,8 +68,8 @@ def positive_int(name, value):
     """``value`` as an int >= 1."""
     if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not 1 <= value <= MAX_SIZE:
+        raise ValueError(f"{name} must be a positive int (at most {MAX_SIZE}), got {value!r}")
     return int(value)
 
 

@@ -3,11 +3,7 @@ forms and the (N, C, H, W) shape argument of the backward functions."""
 
 from __future__ import annotations
 
-import numbers
-
-import numpy as np
-
-from fastconv._checks import pair
+from fastconv._checks import MAX_SIZE, is_int, pair
 
 
 def _conv_output_size(size, k, stride, pad_total, dilation):
@@ -23,6 +19,8 @@ def _window_geometry(name, x_hw, kernel, stride, padding, dilation, allow_same):
     """
     stride = pair("stride", stride, minimum=1)
     dilation = pair("dilation", dilation, minimum=1)
+    if min(kernel) < 1:  # a conv weight's own shape (pooling's kernel_size is checked >= 1)
+        raise ValueError(f"{name}: kernel size must be at least 1x1, got {kernel[0]}x{kernel[1]}")
     if isinstance(padding, str):
         if not allow_same or padding not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a pair or 'same'/'valid', got {padding!r}")
@@ -47,6 +45,9 @@ def _window_geometry(name, x_hw, kernel, stride, padding, dilation, allow_same):
         _conv_output_size(s, k, st, t, d)
         for s, k, st, t, d in zip(x_hw, kernel, stride, totals, dilation, strict=True)
     )
+    # Along an axis with one output the window never moves, so any stride is the same as 1:
+    # normalised, a huge stride stays out of the kernels' index arithmetic and tile planning.
+    stride = tuple(1 if o == 1 else st for st, o in zip(stride, out, strict=True))
     return stride, before, dilation, out
 
 
@@ -54,7 +55,19 @@ def _check_shape(name, shape):
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 4
-        or not all(isinstance(s, (numbers.Integral, np.integer)) and s >= 0 for s in shape)
+        or not all(is_int(s) and 0 <= s <= MAX_SIZE for s in shape)
     ):
-        raise ValueError(f"{name} must be a tuple (N, C, H, W) of non-negative ints, got {shape!r}")
+        raise ValueError(
+            f"{name} must be a tuple (N, C, H, W) of ints in [0, {MAX_SIZE}], got {shape!r}"
+        )
     return tuple(int(s) for s in shape)
+
+
+def _check_conv_weight(weight_shape):
+    """A conv weight needs at least one output channel, input channel, row and column
+    (PyTorch refuses the same; an empty one reached the kernels as a division by zero)."""
+    if min(weight_shape) < 1:
+        raise ValueError(
+            "weight must have at least one output channel, input channel, kernel row and "
+            f"kernel column, got shape {tuple(weight_shape)}"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from fastconv._checks import check_array
+from fastconv._checks import check_array, real
 from fastconv._threads import get_num_threads
 from fastconv.kernels import elementwise as kelem
 
@@ -36,12 +36,14 @@ def relu_backward(grad_out, x):
 
 def leaky_relu(x, negative_slope=0.01):
     x = check_array("input", x)
-    return np.where(x > 0, x, x * x.dtype.type(negative_slope))
+    slope = x.dtype.type(real("negative_slope", negative_slope))
+    return np.where(x > 0, x, x * slope)
 
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01):
     x, grad_out = _check_pair(x, grad_out)
-    return np.where(x > 0, grad_out, grad_out * x.dtype.type(negative_slope))
+    slope = x.dtype.type(real("negative_slope", negative_slope))
+    return np.where(x > 0, grad_out, grad_out * slope)
 
 
 def sigmoid(x):

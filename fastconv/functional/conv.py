@@ -9,7 +9,7 @@ import numpy as np
 
 from fastconv import _conv_plan
 from fastconv._checks import check_array, is_int
-from fastconv.functional._geometry import _window_geometry
+from fastconv.functional._geometry import _check_conv_weight, _window_geometry
 
 
 def _conv_problem(x, weight, stride, padding, dilation, groups):
@@ -17,6 +17,7 @@ def _conv_problem(x, weight, stride, padding, dilation, groups):
     ``weight`` C-contiguous and ``conv`` the ``_conv_plan.Conv`` describing every size."""
     x = check_array("input", x, ndim=4)
     weight = check_array("weight", weight, ndim=4, dtype=x.dtype)
+    _check_conv_weight(weight.shape)
     if not is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     groups = int(groups)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv._checks import check_array, check_probability, generator
+from fastconv._checks import check_array, check_bool, check_probability, generator
 
 
 def dropout(x, p, training, rng):
@@ -15,6 +15,7 @@ def dropout(x, p, training, rng):
     """
     x = check_array("input", x)
     p = check_probability("p", p)
+    training = check_bool("training", training)
     rng = generator(rng)
     if not training or p == 0.0:
         mask = np.ones_like(x)

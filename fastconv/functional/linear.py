@@ -22,10 +22,19 @@ def _matmul(a, b):
     return out
 
 
+def _check_weight(weight):
+    """At least one feature in and out (as ``nn.Linear``; an empty one broke the reshapes)."""
+    if min(weight.shape) < 1:
+        raise ValueError(
+            f"weight must have at least one output and one input feature, got shape {weight.shape}"
+        )
+
+
 def linear(x, weight, bias=None):
     """``y = x @ weight.T + bias``; x (*, in_features), weight (out_features, in_features)."""
     x = check_array("input", x)
     weight = check_array("weight", weight, ndim=2, dtype=x.dtype)
+    _check_weight(weight)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"input's last dimension must be in_features={weight.shape[1]}, "
@@ -45,6 +54,7 @@ def linear_backward(grad_out, x, weight):
     """Returns ``(grad_x, grad_weight, grad_bias)`` of ``linear``."""
     x = check_array("input", x)
     weight = check_array("weight", weight, ndim=2, dtype=x.dtype)
+    _check_weight(weight)
     grad_out = check_array("grad_out", grad_out, dtype=x.dtype)
     if grad_out.shape != (*x.shape[:-1], weight.shape[0]):
         raise ValueError(

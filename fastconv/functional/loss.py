@@ -10,6 +10,8 @@ from fastconv._checks import check_array
 
 
 def _check_axis(x, axis):
+    if x.ndim == 0:
+        raise ValueError("input must have at least one dimension (an axis to normalise over)")
     if not isinstance(axis, numbers.Integral) or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}), got {axis!r}")
     return int(axis)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from fastconv._checks import check_array
+from fastconv._checks import check_array, check_bool, real
 from fastconv.kernels import norm as knorm
 
 
@@ -28,6 +28,9 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum=0.
     y : array shaped like x; cache : what ``batch_norm_backward`` needs.
     """
     x = check_array("input", x, ndim=(2, 3, 4))
+    training = check_bool("training", training)
+    momentum = real("momentum", momentum)
+    eps = real("eps", eps)
     C = x.shape[1]
     params = {}
     for name, arr in (

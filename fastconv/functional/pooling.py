@@ -181,7 +181,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     )
     y = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
     kpool._avgpool2d_fwd(
-        _planes(x), *kernel, *stride, *padding, bool(count_include_pad), _planes(y)
+        _planes(x),
+        *kernel,
+        *stride,
+        *padding,
+        check_bool("count_include_pad", count_include_pad),
+        _planes(y),
     )
     return y
 
@@ -205,7 +210,12 @@ def avg_pool2d_backward(
         raise ValueError(f"grad_out must have shape {(*shape[:2], *out_hw)}, got {grad_out.shape}")
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     kpool._avgpool2d_bwd(
-        _planes(grad_out), *kernel, *stride, *padding, bool(count_include_pad), _planes(grad_x)
+        _planes(grad_out),
+        *kernel,
+        *stride,
+        *padding,
+        check_bool("count_include_pad", count_include_pad),
+        _planes(grad_x),
     )
     return grad_x
 
