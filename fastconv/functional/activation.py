@@ -46,13 +46,18 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01):
     return np.where(x > 0, grad_out, grad_out * slope)
 
 
+# The ufuncs below write into ``out=``: called on a 0-d array without it they return a NumPy
+# scalar, which is not an array of the input's shape (and cannot be updated in place).
+
+
 def sigmoid(x):
-    return expit(check_array("input", x))
+    x = check_array("input", x)
+    return expit(x, out=np.empty_like(x))
 
 
 def sigmoid_backward(grad_out, x):
     x, grad_out = _check_pair(x, grad_out)
-    return _sigmoid_grad(grad_out, expit(x))
+    return _sigmoid_grad(grad_out, expit(x, out=np.empty_like(x)))
 
 
 def _sigmoid_backward_from_output(grad_out, y):
@@ -64,19 +69,20 @@ def _sigmoid_backward_from_output(grad_out, y):
 
 def _sigmoid_grad(grad_out, y):
     """grad_out * (1 - y) * y in PyTorch's order, with one temporary."""
-    grad_x = 1 - y
+    grad_x = np.subtract(1, y, out=np.empty_like(y))
     grad_x *= grad_out
     grad_x *= y
     return grad_x
 
 
 def tanh(x):
-    return np.tanh(check_array("input", x))
+    x = check_array("input", x)
+    return np.tanh(x, out=np.empty_like(x))
 
 
 def tanh_backward(grad_out, x):
     x, grad_out = _check_pair(x, grad_out)
-    return _tanh_grad(grad_out, np.tanh(x))
+    return _tanh_grad(grad_out, np.tanh(x, out=np.empty_like(x)))
 
 
 def _tanh_backward_from_output(grad_out, y):
@@ -87,7 +93,7 @@ def _tanh_backward_from_output(grad_out, y):
 
 def _tanh_grad(grad_out, y):
     """grad_out * (1 - y*y) in PyTorch's order, with one temporary."""
-    grad_x = y * y
+    grad_x = np.multiply(y, y, out=np.empty_like(y))
     np.subtract(1, grad_x, out=grad_x)
     grad_x *= grad_out
     return grad_x
