@@ -360,3 +360,24 @@ def test_no_grad_through_a_model_records_nothing(rng):
     assert not out.requires_grad and out.is_leaf
     np.testing.assert_allclose(out.data, model(x).data, rtol=1e-6)
     assert model(x).requires_grad  # parameters require grad, so a graph is recorded
+
+
+def test_parameters_in_tensor_expressions_and_tied_weights_match_torch(rng):
+    """A Parameter is a Tensor: a tied autoencoder ``decode(encode(x))`` with ``W`` and
+    ``W.T``, written with operators, gets the sum of both uses' gradients."""
+    torch = pytest.importorskip("torch")
+    enc = nn.Linear(5, 3, dtype=np.float64, rng=0)
+    x = rng.standard_normal((4, 5))
+    xt = Tensor(x)
+    h = enc(xt).tanh()
+    recon = h @ enc.weight  # the decoder is enc.weight transposed: tied
+    loss = nn.MSELoss()(recon, x) + (enc.weight**2).sum() * 1e-2
+    loss.backward()
+    w = torch.tensor(enc.weight.data, requires_grad=True)
+    b = torch.tensor(enc.bias.data, requires_grad=True)
+    th = torch.tanh(torch.from_numpy(x) @ w.T + b)
+    tloss = torch.nn.functional.mse_loss(th @ w, torch.from_numpy(x)) + (w**2).sum() * 1e-2
+    tloss.backward()
+    np.testing.assert_allclose(loss.item(), tloss.item(), rtol=1e-12)
+    np.testing.assert_allclose(enc.weight.grad, w.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(enc.bias.grad, b.grad.numpy(), rtol=1e-10, atol=1e-12)
