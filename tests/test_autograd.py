@@ -345,3 +345,13 @@ def test_truth_value_follows_numpy():
     assert Tensor(np.array(1.0)) and not Tensor(np.array([0.0]))
     with pytest.raises(ValueError, match="ambiguous"):
         bool(Tensor(np.zeros(3)))
+
+
+def test_the_package_example_runs(rng):
+    import textwrap
+
+    source = fastconv.autograd.__doc__.split("losses::")[1].split("The same model")[0]
+    images = rng.standard_normal((4, 1, 6, 6)).astype(np.float32)
+    scope = {"images": images, "labels": np.array([1, 2, 3, 4])}
+    exec(textwrap.dedent(source), scope)
+    assert all(p.grad is not None for p in scope["model"].parameters())
