@@ -67,14 +67,26 @@ def _forward_tile(O, OH, OW):
     return nb, tr, tw
 
 
+def _empty64(shape):
+    """An empty float32 array whose data starts on a 64-byte cache line: the kernels load 16
+    floats (64 bytes) at multiples of 16 elements, and a misaligned base splits every load
+    over two lines (NumPy aligns to 16 bytes only; fm_conv2's packed weights started 48 bytes
+    into a line)."""
+    n = int(np.prod(shape))
+    raw = np.empty(n + 16, dtype=np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start : start + n].reshape(shape)
+
+
 def _pack_weights(weight, nb):
     """(G, C, KH, KW, nb*16): groups of nb blocks of 16 output channels, zeros past O."""
     O, C, KH, KW = weight.shape
     g = -(-_blocks(O) // nb)
     wp = np.zeros((g * nb * 16, C, KH, KW), dtype=np.float32)
     wp[:O] = weight
-    wp = wp.reshape(g, nb * 16, C, KH, KW).transpose(0, 2, 3, 4, 1)
-    return np.ascontiguousarray(wp)
+    packed = _empty64((g, C, KH, KW, nb * 16))
+    packed[...] = wp.reshape(g, nb * 16, C, KH, KW).transpose(0, 2, 3, 4, 1)
+    return packed
 
 
 def _step(s):
@@ -212,7 +224,7 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
     Hs = (OH - 1) * sh + (KH - 1) * dh + 1
     Ws = (OW - 1) * sw + (KW - 1) * dw + 1
     xs = np.empty((N, C * Hs * Ws + (kht - KH) * dh * Ws + KW * dw + 16), dtype=np.float32)
-    gb = np.empty((N, ob, OH * OW * 16), dtype=np.float32)
+    gb = _empty64((N, ob, OH * OW * 16))
     bias_part = np.empty((N, O), dtype=np.float64)
     # Channels per iteration: up to 8 share each block of gradient rows. Samples per chunk:
     # all of them (each iteration sums its whole share) unless the other dimensions give
@@ -221,7 +233,7 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
     cgroup = min(C, 8)
     items = ob // nb * -(-C // cgroup)
     chunk = max(1, -(-N // max(1, min(N, -(-_GRAD_ITEMS // items)))))
-    part = np.empty((-(-N // chunk), ob, C, kht, KW, 16), dtype=np.float32)
+    part = _empty64((-(-N // chunk), ob, C, kht, KW, 16))
     _conv2d_bwd_weight_blocked(
         x, *padding_before, grad_out, xs, gb, bias_part, Hs, Ws, sh, sw, dh, dw, chunk, cgroup,
         part, (0,) * nb, (0,) * (krows * KW), (0,) * KW,
