@@ -119,11 +119,25 @@ class LRScheduler:
                     f"state_dict key {key!r} has shape {values.shape}, but the optimizer has "
                     f"{len(self.optimizer.param_groups)} parameter group(s)"
                 )
+            if not (np.isfinite(values).all() and (values >= 0).all()):
+                raise ValueError(f"state_dict key {key!r} must hold rates >= 0, got {values}")
             lrs[key] = [float(v) for v in values]
         settings = self._check_settings(
             {name: np.asarray(source[name]).item() for name in self._settings}
         )
-        self.last_epoch = int(np.asarray(source["last_epoch"]).item())
+        # Everything is checked before anything is set: a bad dict leaves the scheduler as it was.
+        last_epoch = np.asarray(source["last_epoch"])
+        if (
+            last_epoch.shape != ()
+            or last_epoch.dtype.kind not in "iuf"
+            or not np.isfinite(last_epoch)
+            or last_epoch != np.floor(last_epoch)
+            or last_epoch < -1
+        ):
+            raise ValueError(
+                f"state_dict key 'last_epoch' must be a whole number >= -1, got {last_epoch!r}"
+            )
+        self.last_epoch = int(last_epoch)
         self.base_lrs, self._last_lr = lrs["base_lrs"], lrs["last_lr"]
         for name, value in settings.items():
             setattr(self, name, value)
