@@ -63,3 +63,15 @@ def test_inception_gradients_match_torch_twin():
     tparams = dict(tmodel.named_parameters())
     for name, p in model.named_parameters():
         assert_close32(p.grad, tparams[name].grad)
+
+
+def test_inception_checkpoint_round_trip(tmp_path):
+    import fastconv
+
+    model = models.inception(rng=2)
+    x, _ = _batch(4)
+    expected = model.eval()(Tensor(x)).data
+    fastconv.save(model, tmp_path / "inception.npz")
+    again = models.inception(rng=3)
+    fastconv.load(again, tmp_path / "inception.npz")
+    np.testing.assert_array_equal(again.eval()(x), expected)  # layer mode, same values
