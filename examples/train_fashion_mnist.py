@@ -127,8 +127,9 @@ def main(argv=None) -> int:
         # outside the loop, leaves the last snapshot: say which, in one line.
         try:
             state = training.read_state(args.out)
-            at = f" and step {state['step']} of epoch {state['epoch'] + 1}" if state["step"] else ""
-            saved = f"epoch {state['epoch']}{at} is saved in {args.out}; continue with --resume"
+            epoch, step = state["epoch"], state["step"]
+            point = f"step {step} of epoch {epoch + 1}" if step else f"epoch {epoch}"
+            saved = f"{point} is saved in {args.out}; continue with --resume"
         except (OSError, ValueError):
             saved = "no epoch was finished, so nothing was saved"
         print(f"\ninterrupted: {saved}", file=sys.stderr)

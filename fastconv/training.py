@@ -409,7 +409,8 @@ def train(
     history = list(restored)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
     if out is not None:
-        _prepare(out, resume or bool(history), overwrite)
+        # A history from ``restore`` (even of no finished epoch) continues the run in ``out``.
+        _prepare(out, resume or bool(history) or restored.step > 0, overwrite)
         if history and not restored.step:
             # The files derived from the snapshot, if a crash came before they were written.
             saved_config = restored.config if config is None else config
@@ -431,11 +432,11 @@ def train(
                     done = (step, totals, epoch_start)
                     _snapshot(out, model, optimizer, scheduler, history, config, done)
                 if interrupts.requested:
+                    point = f"step {step} of epoch {epoch}"
                     saved = (
-                        f"epoch {epoch - 1} and step {step} of epoch {epoch} are saved in "
-                        f"{out}; continue with resume (--resume)"
+                        f"{point} is saved in {out}; continue with resume (--resume)"
                         if out is not None
-                        else "nothing was saved (no out_dir)"
+                        else f"stopped after {point}, nothing was saved (no out_dir)"
                     )
                     raise TrainingInterrupted(f"interrupted: {saved}")
 

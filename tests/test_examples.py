@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import signal
 import struct
 from pathlib import Path
 
@@ -202,3 +204,94 @@ def test_compare_optimizers(data_dir, tmp_path, capsys):
     if importlib.util.find_spec("matplotlib") is not None:
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "done: 4 runs" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory and interrupts, from the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_unusable_run_directories_exit_2_before_training(train_script, data_dir, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert train_script.main(_args(data_dir, a_file, "--epochs", "1")) == train_script.EXIT_USAGE
+    assert "is a file" in _one_error_line(capsys)
+
+    out = tmp_path / "run"
+    assert train_script.main(_args(data_dir, out, "--epochs", "1", "--limit", "32")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    code = train_script.main(_args(data_dir, out, "--epochs", "1", "--limit", "32"))
+    assert code == train_script.EXIT_USAGE
+    err = _one_error_line(capsys)
+    assert "not empty" in err and "--resume" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code = train_script.main(_args(data_dir, out, "--epochs", "1", "--limit", "32", "--overwrite"))
+    assert code == 0
+
+    code = train_script.main(_args(data_dir, tmp_path / "none", "--epochs", "1", "--resume"))
+    assert code == train_script.EXIT_USAGE
+    assert "start a new run without --resume" in _one_error_line(capsys)
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(SystemExit):
+        train_script.main(_args(data_dir, out, "--resume", "--overwrite"))
+    assert "exclude each other" in capsys.readouterr().err
+
+
+def test_resume_against_another_model_or_a_truncated_run(train_script, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_script.main(_args(data_dir, out, "--epochs", "1", "--limit", "32")) == 0
+    capsys.readouterr()
+    argv = _args(data_dir, out, "--epochs", "2", "--limit", "32", "--resume")
+    argv[argv.index("seed")] = "lenet"
+    assert train_script.main(argv) == train_script.EXIT_USAGE
+    assert "--model seed, not lenet" in _one_error_line(capsys)
+    snapshot = out / "train_state.npz"
+    snapshot.write_bytes(snapshot.read_bytes()[: snapshot.stat().st_size // 2])
+    code = train_script.main(_args(data_dir, out, "--epochs", "2", "--limit", "32", "--resume"))
+    assert code == train_script.EXIT_USAGE
+    err = _one_error_line(capsys)
+    assert "train_state.npz" in err and "not a readable" in err
+
+
+def test_ctrl_c_in_the_first_epoch_saves_the_step_and_resume_matches(
+    train_script, data_dir, tmp_path, capsys, monkeypatch
+):
+    straight = tmp_path / "straight"
+    assert train_script.main(_args(data_dir, straight, "--epochs", "2", "--limit", "64")) == 0
+    real_step = train_script.training.train_step
+    calls = [0]
+
+    def step_then_ctrl_c(*args):
+        calls[0] += 1
+        result = real_step(*args)
+        if calls[0] == 2:  # the second of four steps of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train_script.training, "train_step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    code = train_script.main(_args(data_dir, out, "--epochs", "2", "--limit", "64"))
+    assert code == train_script.EXIT_INTERRUPTED
+    err = _one_error_line(capsys)
+    assert err == (f"interrupted: step 2 of epoch 1 is saved in {out}; continue with --resume")
+    monkeypatch.undo()
+    code = train_script.main(_args(data_dir, out, "--epochs", "2", "--limit", "64", "--resume"))
+    assert code == 0
+    assert "resumed" in capsys.readouterr().out
+    strip = ("seconds", "images_per_s")
+    resumed, full = (
+        [{k: v for k, v in h.items() if k not in strip} for h in _history(d)]
+        for d in (out, straight)
+    )
+    assert resumed == full
+    with np.load(out / "checkpoint.npz") as a, np.load(straight / "checkpoint.npz") as b:
+        for key in b.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
