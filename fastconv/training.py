@@ -207,16 +207,17 @@ def train_step(model, criterion, optimizer, x, y):
 
     Raises :class:`NonFiniteLossError` if the loss is NaN or infinite, before any gradient is
     computed, so the weights are left as they were. NumPy's overflow warnings on the way to a
-    non-finite loss are silenced: the error says it once, clearly.
+    non-finite loss are silenced: the loss and the weights are checked explicitly, and the
+    error says what happened once, clearly.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         logits = model(x)
         loss = criterion(logits, y)
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(f"the training loss became {loss}")
-    optimizer.zero_grad()
-    model.backward(criterion.backward())
-    optimizer.step()
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"the training loss became {loss}")
+        optimizer.zero_grad()
+        model.backward(criterion.backward())
+        optimizer.step()
     return loss, logits
 
 
