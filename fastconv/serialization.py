@@ -192,11 +192,23 @@ def load(module=None, path=None, strict=True):
 
     Raises
     ------
+    FileNotFoundError
+        If ``path`` does not exist.
     ValueError
-        If the file is not an ``.npz`` archive, holds an object (pickled) array, or has a
-        missing, unexpected or mis-shaped key; the message names the file and the key.
+        If the file cannot be a checkpoint: not a regular file (a directory, FIFO or device,
+        refused without blocking), empty, not an ``.npz`` archive, truncated or corrupt, a
+        member whose header is not a numeric ``.npy`` header (object arrays need pickle) or
+        promises more data than the archive holds, data beyond the header's promise, or a
+        missing, unexpected or mis-shaped key. The message names the file (and the key).
     TypeError
         If an array cannot be cast to its parameter's dtype.
+
+    Notes
+    -----
+    Each member's header is read first and, with a ``module``, its shape compared with the
+    module's before any data are read; data are read in bounded chunks into an array of the
+    header's size, so a compressed member never inflates beyond what its header promises.
+    Nothing is loaded into ``module`` unless the whole file reads and fits.
     """
     if path is None:
         if module is None or callable(getattr(module, "load_state_dict", None)):
