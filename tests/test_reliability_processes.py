@@ -145,3 +145,33 @@ def test_a_forked_pool_under_the_workqueue_layer(tmp_path):
     done = _pool(tmp_path, "fork", NUMBA_THREADING_LAYER="workqueue")
     assert done.stdout.split()[0] == "workqueue", done.stderr[-2000:]
     assert done.returncode == 0 and done.stdout.split()[-1] == "ok", done.stderr[-2000:]
+
+
+def test_a_read_only_run_directory_is_refused_before_training(tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    os.chmod(out, 0o555)
+    code = textwrap.dedent(
+        f"""
+        import numpy as np
+        from fastconv import nn, optim, training
+        from fastconv.datasets import DataLoader
+        net = nn.Linear(2, 2, rng=0)
+        loader = DataLoader(np.zeros((4, 2), np.float32), np.zeros(4, np.int64), 2)
+        try:
+            training.train(net, optim.SGD(net.parameters(), lr=0.1), loader, None, 1,
+                           out_dir={str(out / "run")!r}, progress=False, log=None)
+        except training.RunDirectoryError as e:
+            print(e)
+        """
+    )
+    try:
+        done = subprocess.run(
+            [*_unprivileged(), sys.executable, "-c", code], capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        os.chmod(out, 0o755)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("cannot write in the run directory"), done.stdout
+    assert not (out / "run").exists()
