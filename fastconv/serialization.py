@@ -303,6 +303,13 @@ def _read_members(archive, name, expected, file_size):
         if not info.filename.endswith(".npy") or info.is_dir():
             raise ValueError(f"{name}: member {info.filename!r} is not an .npy array")
         key = info.filename[: -len(".npy")]
+        # What numpy writes; the size bound below holds for these (bzip2 and lzma can shrink
+        # data further than any bound worth checking).
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ValueError(
+                f"{name}: entry {key!r} uses zip compression method {info.compress_type}; "
+                "only stored and deflated members (what numpy writes) are read"
+            )
         if key in state:
             raise ValueError(f"{name}: entry {key!r} appears twice")
         # The sizes the archive declares bound what is read: no member is larger than the
@@ -338,6 +345,8 @@ def _read_member(member, size, name, key, shape_expected):
         raise ValueError(f"{where}: not a valid .npy header: {e}") from e
     shape, fortran, dtype = header
     where = f"{name}: entry {key!r}"
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{where}: not a valid .npy header: negative shape {tuple(shape)}")
     if dtype.hasobject:
         raise ValueError(
             f"{where}: cannot load an object array (it needs pickle, and allow_pickle=False)"

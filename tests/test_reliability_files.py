@@ -119,6 +119,25 @@ def test_forged_members_are_value_errors_naming_the_file(tmp_path, members, mess
     assert peak < 4 * MB
 
 
+@pytest.mark.parametrize(
+    "shape, message", [((-4,), "negative shape"), (("a",), "shape is not valid")], ids=str
+)
+def test_forged_header_shapes(tmp_path, shape, message):
+    text = repr({"descr": "<f4", "fortran_order": False, "shape": shape})
+    header = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text) + 1) + (text + "\n").encode()
+    path = tmp_path / "shape.npz"
+    _archive(path, {"a.npy": (header, 16)}, compression=zipfile.ZIP_STORED)
+    with pytest.raises(ValueError, match=f"shape.npz.*{message}"):
+        fastconv.load(path)
+
+
+def test_members_compressed_past_the_bound_are_refused(tmp_path):
+    path = tmp_path / "bz2.npz"
+    _archive(path, {"a.npy": (_npy_header((4,)), 16)}, compression=zipfile.ZIP_BZIP2)
+    with pytest.raises(ValueError, match="bz2.npz.*compression method 12"):
+        fastconv.load(path)
+
+
 def test_forged_archive_sizes_are_refused(tmp_path):
     path = tmp_path / "sizes.npz"
     _archive(path, {"a.npy": (_npy_header((4,)), 16)})
