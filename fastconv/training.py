@@ -118,6 +118,7 @@ def make_scheduler(name, optimizer, epochs):
 
     ``cosine`` anneals to 0 over the run; ``step`` divides the rate by 10 after each third.
     """
+    epochs = positive_int("epochs", epochs)
     if name == "none":
         return None
     if name == "cosine":
@@ -148,6 +149,9 @@ def load_data(dataset="fashion-mnist", root=None, limit=None, test_limit=None):
     """
     if dataset not in NORMALISATION:
         raise ValueError(f"dataset must be one of {', '.join(NORMALISATION)}, got {dataset!r}")
+    # A negative limit would silently drop images from the end (a slice), not keep N.
+    limit = None if limit is None else positive_int("limit", limit)
+    test_limit = None if test_limit is None else positive_int("test_limit", test_limit)
     loader = fashion_mnist if dataset == "fashion-mnist" else mnist
     train_images, y_train = loader("train", root=root)
     test_images, y_test = loader("test", root=root)

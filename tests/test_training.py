@@ -176,6 +176,14 @@ def test_optimizers_and_schedules_by_name():
         training.make_optimizer("rmsprop", params)
     with pytest.raises(ValueError, match="schedule must be one of none, cosine, step"):
         training.make_scheduler("linear", sgd, 5)
+    for epochs in (0, -1):
+        with pytest.raises(ValueError, match="epochs must be a positive int"):
+            training.make_scheduler("cosine", sgd, epochs)
+    with pytest.raises(TypeError, match="epochs must be an int"):
+        training.make_scheduler("step", sgd, 1.5)
+    for limit in ("limit", "test_limit"):
+        with pytest.raises(ValueError, match=f"{limit} must be a positive int"):
+            training.load_data("mnist", root="/nonexistent", **{limit: -5})
 
 
 def test_plain_progress_without_tqdm(monkeypatch, capsys):
