@@ -48,6 +48,7 @@ import numpy as np
 from fastconv import nn, optim
 from fastconv._checks import positive_int
 from fastconv._run_dir import (
+    _STATE,
     History,
     RunDirectoryError,
     TrainingInterrupted,
@@ -406,6 +407,11 @@ def train(
     if resume:
         if out is None or history:
             raise ValueError("resume=True needs out_dir, and no history (it reads it)")
+        if not (out / _STATE).is_file():  # checked first: no directory is created for nothing
+            raise FileNotFoundError(f"no {out / _STATE}, so nothing to resume from")
+        # The directory is checked before the snapshot is loaded into the objects, so a
+        # refused run leaves them as they were.
+        _prepare(out, True, overwrite)
         history = restore(out, model, optimizer, train_loader, scheduler)
         at = f", step {history.step}" if history.step else ""
         say(f"resumed {out} after epoch {len(history)}{at}")

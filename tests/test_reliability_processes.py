@@ -148,21 +148,35 @@ def test_a_forked_pool_under_the_workqueue_layer(tmp_path):
 
 
 def test_a_read_only_run_directory_is_refused_before_training(tmp_path):
-    out = tmp_path / "runs"
-    out.mkdir()
-    os.chmod(out, 0o555)
-    code = textwrap.dedent(
-        f"""
+    # A new run under a read-only directory, and a resume of a run whose directory became
+    # read-only: both refused before anything is trained, created, or loaded into the model.
+    setup = textwrap.dedent(
+        """
         import numpy as np
         from fastconv import nn, optim, training
         from fastconv.datasets import DataLoader
         net = nn.Linear(2, 2, rng=0)
-        loader = DataLoader(np.zeros((4, 2), np.float32), np.zeros(4, np.int64), 2)
-        try:
-            training.train(net, optim.SGD(net.parameters(), lr=0.1), loader, None, 1,
-                           out_dir={str(out / "run")!r}, progress=False, log=None)
-        except training.RunDirectoryError as e:
-            print(e)
+        initial = net.weight.data.copy()
+        loader = DataLoader(np.ones((4, 2), np.float32), np.zeros(4, np.int64), 2, seed=0)
+        def train(out, resume=False):
+            training.train(net, optim.SGD(net.parameters(), lr=0.1), loader, None, 2,
+                           out_dir=out, resume=resume, progress=False, log=None)
+        """
+    )
+    fresh, resumed = tmp_path / "locked", tmp_path / "run"
+    fresh.mkdir()
+    subprocess.run(
+        [sys.executable, "-c", setup + f"train({str(resumed)!r})"], check=True, timeout=120
+    )
+    for path in (fresh, resumed):
+        os.chmod(path, 0o555)
+    code = setup + textwrap.dedent(
+        f"""
+        for out, resume in (({str(fresh / "run")!r}, False), ({str(resumed)!r}, True)):
+            try:
+                train(out, resume)
+            except training.RunDirectoryError as e:
+                print(str(e).split(":")[0], np.array_equal(net.weight.data, initial))
         """
     )
     try:
@@ -171,7 +185,11 @@ def test_a_read_only_run_directory_is_refused_before_training(tmp_path):
             timeout=120,
         )  # fmt: skip
     finally:
-        os.chmod(out, 0o755)
+        for path in (fresh, resumed):
+            os.chmod(path, 0o755)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("cannot write in the run directory"), done.stdout
-    assert not (out / "run").exists()
+    assert done.stdout.splitlines() == [
+        f"cannot write in the run directory {fresh / 'run'} True",
+        f"cannot write in the run directory {resumed} True",
+    ]
+    assert not (fresh / "run").exists()
