@@ -14,6 +14,8 @@ results are bit-identical at any thread count.
 
 from __future__ import annotations
 
+import llvmlite.binding as llvm
+import numba
 import numpy as np
 
 from fastconv._threads import get_num_threads
@@ -24,18 +26,34 @@ from fastconv.kernels.conv_blocked import (
     _sum_chunks,
 )
 
-# Register budget: 32 zmm registers hold the tile's accumulators plus the NB weight vectors and
-# one broadcast value. fm_conv2 forward on one core (FMA peak measured 215-227 GFLOP/s), by tile
-# (blocks x rows x columns): 2x1x14 150-160 GFLOP/s, 2x2x7 145, 1x2x14 130, 4x1x7 113, 3x1x8 83.
-# One block of 14 pixels still hides the FMA latency (14 chains >= 4 cycles x 2 FMA ports).
-_TILES = ((1, 14), (2, 7))  # (rows, columns) of output pixels per tile
+
+def _target_has_avx512():
+    """Whether numba compiles for AVX-512 (its target: the host, or NUMBA_CPU_FEATURES)."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
+
+
+# Register budget. AVX-512: 32 zmm registers hold the tile's accumulators plus the NB weight
+# vectors and one broadcast value. fm_conv2 forward on one core (FMA peak measured 215-227
+# GFLOP/s), by tile (blocks x rows x columns): 2x1x14 150-160 GFLOP/s, 2x2x7 145, 1x2x14 130,
+# 4x1x7 113, 3x1x8 83. One block of 14 pixels still hides the FMA latency (14 chains >= 4
+# cycles x 2 FMA ports). Without AVX-512 each 16-float vector takes two of the 16 ymm
+# registers: the same tile spills (38 GFLOP/s with AVX2 only), 1x1x7 and 1x1x6 reach 78.
+_AVX512 = _target_has_avx512()
+if _AVX512:
+    _NB = 2  # blocks of 16 output channels per tile, when there are that many
+    _TILES = ((1, 14), (2, 7))  # (rows, columns) of output pixels per tile
+    _PIXEL_ROWS = (0,) * 14  # pixel kernel: rows of 16 output pixels per tile
+    _MAX_TAPS = 28  # weight-gradient tile: blocks x taps accumulators
+else:
+    _NB, _TILES, _PIXEL_ROWS, _MAX_TAPS = 1, ((1, 7), (1, 6)), (0,) * 6, 7
 _WEIGHT_CHUNK_BYTES = 16384  # a chunk of input channels' weights stays in L1 across tiles
 # Up to this many output channels, a stride-1 convolution runs vectorised over 16 output pixels
 # instead (``_conv2d_fwd_pixels``): 16-channel blocks would be mostly zeros. The input gradient
 # of fm_conv1 (C_in = 1), one thread: 3.4 ms in one zero-padded block, 1.0 ms over pixels.
 _PIXEL_CHANNELS = 8
-_PIXEL_ROWS = (0,) * 14  # rows of 16 output pixels per tile (14 accumulators)
-_MAX_TAPS = 28  # weight-gradient tile: blocks x taps accumulators
 _GRAD_ITEMS = 16  # weight gradient: split the samples into chunks below this many iterations
 
 
@@ -55,9 +73,9 @@ def _blocks(n_channels):
 
 
 def _forward_tile(O, OH, OW):
-    """(NB, TR, TW): 2 blocks of 16 output channels when there are 2+, the pixel tile that
-    computes the fewest discarded edge pixels."""
-    nb = 1 if _blocks(O) == 1 else 2
+    """(NB, TR, TW): _NB blocks of 16 output channels when there are that many, the pixel
+    tile that computes the fewest discarded edge pixels."""
+    nb = min(_NB, _blocks(O))
 
     def computed(tile):
         tr, tw = tile
@@ -216,7 +234,7 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
     C, KH, KW = grad_w.shape[1:]
     # Tile: nb blocks x (krows x KW) taps of one input channel, at most _MAX_TAPS accumulators.
     krows = max(1, min(KH, _MAX_TAPS // KW))
-    nb = 2 if _blocks(O) >= 2 and 2 * krows * KW <= _MAX_TAPS else 1
+    nb = 2 if _NB == 2 and _blocks(O) >= 2 and 2 * krows * KW <= _MAX_TAPS else 1
     ob = -(-_blocks(O) // nb) * nb
     kht = -(-KH // krows) * krows  # whole tiles of kernel rows; the extra rows read the slack
     sh, sw = stride
