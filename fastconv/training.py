@@ -47,6 +47,7 @@ import numpy as np
 
 from fastconv import nn, optim
 from fastconv._checks import positive_int
+from fastconv._jit_notice import announce_compilation
 from fastconv._run_dir import (
     _STATE,
     History,
@@ -428,7 +429,9 @@ def train(
             _repair_outputs(out, model, history, saved_config, title)
     loader_rng = getattr(train_loader, "rng", None)
 
-    with _Interrupts() as interrupts:
+    # On a new machine the first steps compile the kernels (seconds): say so rather than sit
+    # silently at 0%.
+    with _Interrupts() as interrupts, announce_compilation(say):
         for epoch in range(len(history) + 1, epochs + 1):
             step, totals, loader_state = position
             position = (0, (0.0, 0, 0), None)
