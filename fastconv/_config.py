@@ -102,6 +102,19 @@ class Tuning:
     # ... as long as the parts fit in this many bytes (a 120 x 400 LeNet layer needs 192 KB
     # per part in float32); past it, fewer chunks.
     matmul_parts_bytes: int = 32 << 20
+    # The register-tiled direct convolution (``_conv_blocked``) runs over input channels in
+    # chunks whose weights (taps x 16-channel blocks x 64 bytes) fit in this many bytes, so
+    # they stay in L1 while every tile of the sample reads them.
+    blocked_weight_chunk_bytes: int = 16384
+    # Up to this many output channels, a stride-1 convolution runs vectorised over 16 output
+    # pixels instead (``_conv2d_fwd_pixels``): 16-channel blocks would be mostly zeros. The
+    # input gradient of fm_conv1 (C_in = 1), one thread: 3.4 ms in one zero-padded block,
+    # 1.0 ms over pixels.
+    blocked_pixel_channels: int = 8
+    # The weight gradient splits the samples into chunks (fixed by the shape, so the sums are
+    # the same at any thread count) when the other dimensions give fewer than this many
+    # parallel iterations.
+    blocked_grad_items: int = 16
 
 
 DEFAULT_TUNING = Tuning()

@@ -18,11 +18,14 @@ import llvmlite.binding as llvm
 import numba
 import numpy as np
 
+from fastconv._config import tuning
+from fastconv._conv_plan import workspace
 from fastconv._threads import get_num_threads
 from fastconv.kernels.conv_blocked import (
     _conv2d_bwd_weight_blocked,
     _conv2d_fwd_blocked,
     _conv2d_fwd_pixels,
+    _pixels_padded_size,
     _sum_chunks,
 )
 
@@ -49,12 +52,15 @@ if _AVX512:
     _MAX_TAPS = 28  # weight-gradient tile: blocks x taps accumulators
 else:
     _NB, _TILES, _PIXEL_ROWS, _MAX_TAPS = 1, ((1, 7), (1, 6)), (0,) * 6, 7
-_WEIGHT_CHUNK_BYTES = 16384  # a chunk of input channels' weights stays in L1 across tiles
-# Up to this many output channels, a stride-1 convolution runs vectorised over 16 output pixels
-# instead (``_conv2d_fwd_pixels``): 16-channel blocks would be mostly zeros. The input gradient
-# of fm_conv1 (C_in = 1), one thread: 3.4 ms in one zero-padded block, 1.0 ms over pixels.
-_PIXEL_CHANNELS = 8
-_GRAD_ITEMS = 16  # weight gradient: split the samples into chunks below this many iterations
+# The scalar tuning constants (weight chunk, pixel-kernel channels, weight-gradient chunks)
+# are fields of ``fastconv._config.Tuning``, with their measurements.
+_SCRATCH_ROWS = numba.config.NUMBA_NUM_THREADS  # one per thread of numba's pool
+
+
+def _scratch_spec(size):
+    """The ``workspace`` spec of a kernel's per-thread scratch: ``size`` floats a row, rounded
+    to whole cache lines so every row starts on one."""
+    return ((_SCRATCH_ROWS, -(-size // 16) * 16), np.float32)
 
 
 def supports(x_shape, weight_shape, stride, padding, dilation, groups, dtype):
@@ -85,26 +91,17 @@ def _forward_tile(O, OH, OW):
     return nb, tr, tw
 
 
-def _empty64(shape):
-    """An empty float32 array whose data starts on a 64-byte cache line: the kernels load 16
-    floats (64 bytes) at multiples of 16 elements, and a misaligned base splits every load
-    over two lines (NumPy aligns to 16 bytes only; fm_conv2's packed weights started 48 bytes
-    into a line)."""
-    n = int(np.prod(shape))
-    raw = np.empty(n + 16, dtype=np.float32)
-    start = (-raw.ctypes.data % 64) // 4
-    return raw[start : start + n].reshape(shape)
-
-
-def _pack_weights(weight, nb):
-    """(G, C, KH, KW, nb*16): groups of nb blocks of 16 output channels, zeros past O."""
-    O, C, KH, KW = weight.shape
-    g = -(-_blocks(O) // nb)
-    wp = np.zeros((g * nb * 16, C, KH, KW), dtype=np.float32)
-    wp[:O] = weight
-    packed = _empty64((g, C, KH, KW, nb * 16))
-    packed[...] = wp.reshape(g, nb * 16, C, KH, KW).transpose(0, 2, 3, 4, 1)
-    return packed
+def _pack_weights(weight, packed):
+    """packed (G, C, KH, KW, nb*16) = weight (O, C, KH, KW) in groups of nb blocks of 16
+    output channels, channels innermost; zeros past O."""
+    O = weight.shape[0]
+    G, group = packed.shape[0], packed.shape[4]
+    by_group = packed.transpose(0, 4, 1, 2, 3)  # (G, nb*16, C, KH, KW), a view
+    full = O // group
+    by_group[:full] = weight[: full * group].reshape(full, group, *weight.shape[1:])
+    if full < G:
+        by_group[full, : O - full * group] = weight[full * group :]
+        by_group[full, O - full * group :] = 0.0
 
 
 def _step(s):
@@ -112,31 +109,43 @@ def _step(s):
     return (0,) * s if s <= 2 else s
 
 
-def _run(x, wb, bias, pad, geo, phases, out, tile, xstep):
-    """Call the blocked kernel: bias (O,) or None, geo/phases as in ``_conv2d_fwd_item``."""
+def _run(x, weight, bias, pad, geo, phases, out, tile, xstep):
+    """Pack ``weight`` and call the blocked kernel: bias (O,) or None, geo/phases as in
+    ``_conv2d_fwd_item``. Temporaries come from the planner's one per-thread workspace."""
     N, O = out.shape[:2]
+    C, KH, KW = weight.shape[1:]
     nb, tr, tw = tile
-    bb = np.zeros(wb.shape[0] * nb * 16, dtype=np.float32)
+    sh, sw, dh, dw, tsh, tsw, osh, osw, Hs, Ws, Hb, Wb, r0, c0 = geo
+    groups = -(-_blocks(O) // nb)
+    wb, bb, scratch = workspace(
+        ((groups, C, KH, KW, nb * 16), np.float32),
+        ((groups * nb * 16,), np.float32),
+        _scratch_spec(nb * Hb * Wb * 16 + C * Hs * Ws + tw * sw + 16),
+    )
+    _pack_weights(weight, wb)
+    bb[:] = 0.0
     if bias is not None:
         bb[:O] = bias
-    groups = wb.shape[0]
     # One iteration per (sample, all blocks) pads each sample once; with few samples, one per
     # (sample, group of blocks) keeps both threads busy. No effect on the results.
     gchunk = groups if N >= 4 * get_num_threads() else 1
     taps = max(p[5] * p[7] for p in phases)  # weight taps per channel of the largest phase
-    cchunk = max(1, _WEIGHT_CHUNK_BYTES // (nb * max(1, taps) * 64))
+    cchunk = max(1, tuning().blocked_weight_chunk_bytes // (nb * max(1, taps) * 64))
     phases = np.array(phases, dtype=np.int64).reshape(-1, 10)
     _conv2d_fwd_blocked(
         x, wb, bb, pad, geo, phases, out, gchunk, cchunk,
-        (0,) * nb, (0,) * (tr * tw), (0,) * tw, xstep,
+        (0,) * nb, (0,) * (tr * tw), (0,) * tw, xstep, scratch,
     )  # fmt: skip
     return out
 
 
 def _pixels(x, weight, bias, pad, taps, out):
     """Stride-1 convolution vectorised over pixels; taps as in ``_conv2d_fwd_pixels_item``."""
-    b = np.zeros(out.shape[1], np.float32) if bias is None else bias
-    _conv2d_fwd_pixels(x, weight, b, tuple(pad), taps, out, _PIXEL_ROWS)
+    kh0, nkh, tsh, kw0, nkw, tsw, dh, dw = taps
+    Hs, Ws = _pixels_padded_size(*out.shape[2:], len(_PIXEL_ROWS), nkh, nkw, dh, dw)
+    b, scratch = workspace(((out.shape[1],), np.float32), _scratch_spec(x.shape[1] * Hs * Ws + 16))
+    b[:] = 0.0 if bias is None else bias
+    _conv2d_fwd_pixels(x, weight, b, tuple(pad), taps, out, _PIXEL_ROWS, scratch)
     return out
 
 
@@ -150,15 +159,14 @@ def conv2d_forward(x, weight, bias, stride, padding_before, dilation, out):
     N, O, OH, OW = out.shape
     KH, KW = weight.shape[2:]
     (sh, sw), (dh, dw) = stride, dilation
-    if O <= _PIXEL_CHANNELS and (sh, sw) == (1, 1):
+    if O <= tuning().blocked_pixel_channels and (sh, sw) == (1, 1):
         return _pixels(x, weight, bias, padding_before, (0, KH, 1, 0, KW, 1, dh, dw), out)
     tile = nb, tr, tw = _forward_tile(O, OH, OW)
     ohr, owr = -(-OH // tr) * tr, -(-OW // tw) * tw  # rows and columns of whole tiles
     Hs, Ws = (ohr - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
     geo = (sh, sw, dh, dw, 1, 1, 1, 1, Hs, Ws, ohr, owr, 0, 0)
     phases = [(OH, OW, 0, 0, 0, KH, 0, KW, 0, 0)]
-    wb = _pack_weights(weight, nb)
-    return _run(x, wb, bias, tuple(padding_before), geo, phases, out, tile, _step(sw))
+    return _run(x, weight, bias, tuple(padding_before), geo, phases, out, tile, _step(sw))
 
 
 def supports_input_grad(stride, dilation=(1, 1)):
@@ -195,7 +203,7 @@ def _input_grad(grad_out, weight, stride, padding_before, dilation, grad_x):
         return conv2d_forward(grad_out, flipped, None, (1, 1), pad, (dh, dw), grad_x)
     fh, rows = _residues(KH, sh, H, ph)
     fw, cols = _residues(KW, sw, W, pw)
-    if C <= _PIXEL_CHANNELS:  # each phase into its own array, then every s-th pixel of grad_x
+    if C <= tuning().blocked_pixel_channels:  # each phase in turn, then every s-th pixel
         for ch, ih0, kh0, nkh, bh in rows:
             for cw, iw0, kw0, nkw, bw in cols:
                 if ch == 0 or cw == 0:
@@ -204,6 +212,7 @@ def _input_grad(grad_out, weight, stride, padding_before, dilation, grad_x):
                 if nkh == 0 or nkw == 0:  # a stride beyond the kernel: pixels no tap reaches
                     part[...] = 0.0
                     continue
+                # Its own array (``_pixels`` takes the workspace): a few small phases.
                 phase = np.empty((N, C, ch, cw), dtype=np.float32)
                 taps = (kh0, nkh, sh, kw0, nkw, sw, 1, 1)
                 _pixels(grad_out, flipped, None, (fh - ih0, fw - iw0), taps, phase)
@@ -225,8 +234,7 @@ def _input_grad(grad_out, weight, stride, padding_before, dilation, grad_x):
     Wb = max(bw + sw * (mw - 1) + 1 for *_, bw in cols)
     # Buffer pixel s*m + r is grad_x's pixel s*m + r - p: its region from (ph, pw) on.
     geo = (1, 1, 1, 1, sh, sw, sh, sw, Hs, Ws, Hb, Wb, ph, pw)
-    wb = _pack_weights(flipped, nb)
-    return _run(grad_out, wb, None, (fh, fw), geo, phases, grad_x, tile, (0,))
+    return _run(grad_out, flipped, None, (fh, fw), geo, phases, grad_x, tile, (0,))
 
 
 def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w, grad_b):
@@ -241,20 +249,24 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
     dh, dw = dilation
     Hs = (OH - 1) * sh + (KH - 1) * dh + 1
     Ws = (OW - 1) * sw + (KW - 1) * dw + 1
-    xs = np.empty((N, C * Hs * Ws + (kht - KH) * dh * Ws + KW * dw + 16), dtype=np.float32)
-    gb = _empty64((N, ob, OH * OW * 16))
-    bias_part = np.empty((N, O), dtype=np.float64)
+    xs_len = -(-(C * Hs * Ws + (kht - KH) * dh * Ws + KW * dw + 16) // 16) * 16
     # Channels per iteration: up to 8 share each block of gradient rows. Samples per chunk:
     # all of them (each iteration sums its whole share) unless the other dimensions give
-    # fewer than _GRAD_ITEMS iterations. A function of the shape only, never of the thread
-    # count, so the sums are the same at any thread count.
+    # fewer than Tuning.blocked_grad_items iterations. A function of the shape only, never of
+    # the thread count, so the sums are the same at any thread count.
     cgroup = min(C, 8)
     items = ob // nb * -(-C // cgroup)
-    chunk = max(1, -(-N // max(1, min(N, -(-_GRAD_ITEMS // items)))))
-    part = _empty64((-(-N // chunk), ob, C, kht, KW, 16))
+    chunk = max(1, -(-N // max(1, min(N, -(-tuning().blocked_grad_items // items)))))
+    xs, gb, bias_part, sums, part = workspace(
+        ((N, xs_len), np.float32),
+        ((N, ob, OH * OW * 16), np.float32),
+        ((N, O), np.float64),
+        ((N, 16), np.float32),
+        ((-(-N // chunk), ob, C, kht, KW, 16), np.float32),
+    )
     _conv2d_bwd_weight_blocked(
-        x, *padding_before, grad_out, xs, gb, bias_part, Hs, Ws, sh, sw, dh, dw, chunk, cgroup,
-        part, (0,) * nb, (0,) * (krows * KW), (0,) * KW,
+        x, *padding_before, grad_out, xs, gb, bias_part, sums, Hs, Ws, sh, sw, dh, dw, chunk,
+        cgroup, part, (0,) * nb, (0,) * (krows * KW), (0,) * KW,
     )  # fmt: skip
     _sum_chunks(part, bias_part, grad_w, grad_b)
     return grad_w, grad_b

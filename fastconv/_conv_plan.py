@@ -394,10 +394,7 @@ def _blocked_backward(engine, conv, grad_out, x, weight, grad_x, grad_w, grad_b)
     if need_x and not engine.supports_input_grad(conv.stride, conv.dilation):
         _gemm_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b)
         return
-    gx, gw, gb = engine.conv2d_backward(
-        grad_out, x, weight, conv.stride, conv.before, conv.dilation, need_input_grad=need_x
-    )
-    if need_x:
-        grad_x[...] = gx
-    grad_w[...] = gw
-    grad_b[...] = gb
+    engine.conv2d_backward(
+        grad_out, x, weight, conv.stride, conv.before, conv.dilation, need_input_grad=need_x,
+        out=(grad_x, grad_w, grad_b),
+    )  # fmt: skip

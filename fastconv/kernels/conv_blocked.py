@@ -24,6 +24,7 @@ Tile shapes are compile-time constants carried by the types of dummy tuples ``(0
 shape. ``xstep`` is ``(0,) * sw`` (the column stride as a constant) or ``sw`` itself.
 """
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -92,24 +93,26 @@ def _blocked_to_nchw(buf, n, o0, out):
 
 @pjit
 def _conv2d_fwd_blocked(
-    x, wb, bb, pad, geo, phases, out, gchunk, cchunk, blocks, pixels, cols, xstep
+    x, wb, bb, pad, geo, phases, out, gchunk, cchunk, blocks, pixels, cols, xstep, scratch
 ):
     """out = conv2d(x, weight) + bias, or a transposed convolution (an input gradient) as
     phases: see ``_conv2d_fwd_item``. prange over (sample, chunk of ``gchunk`` groups of NB
-    blocks): the iteration pads its sample once and computes all its groups' channels."""
+    blocks): the iteration pads its sample once and computes all its groups' channels.
+    ``scratch`` (threads, buffer + padded sample): one row per thread of numba's pool, which
+    each iteration uses for its temporaries (no allocation per iteration)."""
     G = wb.shape[0]
     nchunks = (G + gchunk - 1) // gchunk
     for it in prange(x.shape[0] * nchunks):
         n, g0 = it // nchunks, it % nchunks * gchunk
         _conv2d_fwd_item(
             x, wb, bb, pad, geo, phases, out, n, g0, min(G, g0 + gchunk), cchunk,
-            blocks, pixels, cols, xstep,
+            blocks, pixels, cols, xstep, scratch[numba.get_thread_id()],
         )  # fmt: skip
 
 
 @jit
 def _conv2d_fwd_item(
-    x, wb, bb, pad, geo, phases, out, n, g0, g1, cchunk, blocks, pixels, cols, xstep
+    x, wb, bb, pad, geo, phases, out, n, g0, g1, cchunk, blocks, pixels, cols, xstep, scratch
 ):
     """Sample n, groups [g0, g1) of NB blocks of output channels.
 
@@ -133,9 +136,11 @@ def _conv2d_fwd_item(
     TR = len(pixels) // TW
     Pb = Hb * Wb
     NB16 = NB * 16  # a tap's weights: NB blocks of 16 output channels, side by side
-    xs = np.empty(C * Hs * Ws + TW * sw + 16, dtype=np.float32)  # slack: edge tiles
+    # The thread's scratch: the blocked buffer first (it starts on a cache line), then the
+    # padded sample with slack for the edge tiles (``fwd_scratch_size``).
+    buf = scratch[: NB * Pb * 16]
+    xs = scratch[NB * Pb * 16 : NB * Pb * 16 + C * Hs * Ws + TW * sw + 16]
     _pad_sample(x, n, ph, pw, xs, Hs, Ws)
-    buf = np.empty(NB * Pb * 16, dtype=np.float32)
     # One phase writing whole rows of out: the final tiles go straight to NCHW rows (transposed
     # in registers); otherwise they wait in the blocked buffer for a 16x16 transpose pass.
     direct = phases.shape[0] == 1 and osh == 1 and osw == 1 and r0 == 0 and c0 == 0
@@ -196,12 +201,12 @@ def _compact_region(block, r0, c0, OH, OW, Wb):
 
 
 @jit
-def _nchw_to_blocked(g, n, gb, bias_part):
+def _nchw_to_blocked(g, n, gb, bias_part, sums):
     """gb[ob, p*16 + j] = g[n, 16*ob + j, p] (zero for channels >= O), gb (OB, OH*OW*16);
-    bias_part[o] = sum of g[n, o] over pixels. 16x16 transposes, scalars at the edges."""
+    bias_part[o] = sum of g[n, o] over pixels (``sums``: 16 floats of scratch). 16x16
+    transposes, scalars at the edges."""
     O, OW = g.shape[1], g.shape[3]
     P = g.shape[2] * OW
-    sums = np.zeros(16, dtype=np.float32)
     for ob in range(gb.shape[0]):
         dst = gb[ob]
         o0 = ob * 16
@@ -238,7 +243,7 @@ def _nchw_to_blocked(g, n, gb, bias_part):
 
 @pjit
 def _conv2d_bwd_weight_blocked(
-    x, ph, pw, g, xs, gb, bias_part, Hs, Ws, sh, sw, dh, dw, chunk, cgroup, part,
+    x, ph, pw, g, xs, gb, bias_part, sums, Hs, Ws, sh, sw, dh, dw, chunk, cgroup, part,
     blocks, taps, cols,
 ):  # fmt: skip
     """Partial weight and bias gradients, one per chunk of ``chunk`` samples:
@@ -257,7 +262,7 @@ def _conv2d_bwd_weight_blocked(
     """
     for n in prange(x.shape[0]):
         _pad_sample(x, n, ph, pw, xs[n], Hs, Ws)
-        _nchw_to_blocked(g, n, gb[n], bias_part[n])
+        _nchw_to_blocked(g, n, gb[n], bias_part[n], sums[n])
     G, C = part.shape[1] // len(blocks), part.shape[2]
     CG = (C + cgroup - 1) // cgroup
     OW = g.shape[3]
@@ -329,16 +334,24 @@ def _sum_chunks(part, bias_part, grad_w, grad_b):
         grad_b[o] = t
 
 
+@jit
+def _pixels_padded_size(OH, OW, TR, nkh, nkw, dh, dw):
+    """(Hs, Ws) of the padded sample the pixel kernel reads: whole tiles of TR rows and 16
+    columns, plus the taps' reach."""
+    return (OH + TR - 1) // TR * TR + (nkh - 1) * dh, (OW + 15) // 16 * 16 + (nkw - 1) * dw
+
+
 @pjit
-def _conv2d_fwd_pixels(x, w, bias, pad, taps, out, rows):
+def _conv2d_fwd_pixels(x, w, bias, pad, taps, out, rows, scratch):
     """out = a stride-1 convolution of x with few output channels, vectorised over pixels:
-    see ``_conv2d_fwd_pixels_item``. prange over samples."""
+    see ``_conv2d_fwd_pixels_item``. prange over samples; ``scratch`` (threads, padded sample
+    size): one row per thread of numba's pool for the padded sample."""
     for n in prange(x.shape[0]):
-        _conv2d_fwd_pixels_item(x, w, bias, pad, taps, out, n, rows)
+        _conv2d_fwd_pixels_item(x, w, bias, pad, taps, out, n, rows, scratch[numba.get_thread_id()])
 
 
 @jit
-def _conv2d_fwd_pixels_item(x, w, bias, pad, taps, out, n, rows):
+def _conv2d_fwd_pixels_item(x, w, bias, pad, taps, out, n, rows, scratch):
     """Sample n of a stride-1 convolution, 16 output pixels of a row per vector.
 
     For few output channels (an input gradient with C_in = 1) the 16-channel blocks would be
@@ -353,9 +366,8 @@ def _conv2d_fwd_pixels_item(x, w, bias, pad, taps, out, n, rows):
     C, KH, KW = w.shape[1], w.shape[2], w.shape[3]
     O, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     TR = len(rows)
-    Hs = (OH + TR - 1) // TR * TR + (nkh - 1) * dh
-    Ws = (OW + 15) // 16 * 16 + (nkw - 1) * dw
-    xs = np.empty(C * Hs * Ws + 16, dtype=np.float32)
+    Hs, Ws = _pixels_padded_size(OH, OW, TR, nkh, nkw, dh, dw)
+    xs = scratch[: C * Hs * Ws + 16]
     _pad_sample(x, n, ph, pw, xs, Hs, Ws)
     wflat = w.reshape(w.size)
     for o in range(O):
