@@ -93,15 +93,6 @@ class Tuning:
     # channels the weight gradient ran at half speed).
     winograd_tiles: int = 128
     winograd_grad_tiles: int = 256
-    # linear's weight gradient (grad_out^T @ x) is one BLAS call up to this many
-    # multiply-adds: 1 thread, 256 x 10 x 84: 4.6 us, against 13-14 us for 2 threads' parts or
-    # the former transposed copy; 64 x 120 x 400 (3.1M): 53 us, against 67 us (1 thread) and
-    # 48 us (2 threads) with the copy. Past it, parts over chunks of the batch, one per thread
-    # of numba's pool, are summed: 256 x 120 x 400 (12.3M), 2 threads: 134 us, one call 178 us.
-    matmul_serial_macs: int = 1 << 22
-    # ... as long as the parts fit in this many bytes (a 120 x 400 LeNet layer needs 192 KB
-    # per part in float32); past it, fewer chunks.
-    matmul_parts_bytes: int = 32 << 20
     # The register-tiled direct convolution (``_conv_blocked``) runs over input channels in
     # chunks whose weights (taps x 16-channel blocks x 64 bytes) fit in this many bytes, so
     # they stay in L1 while every tile of the sample reads them.
