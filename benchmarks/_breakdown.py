@@ -86,6 +86,8 @@ def _fastconv_ops(model, name, x, y):
             layers[i].zero_grad()
             layers[i](inputs[i])
 
+        if i == 0:  # the images need no gradient: parameters only, as in the training step
+            return prepare, lambda: layers[0]._backward_params(grad_out[0])
         return prepare, lambda: layers[i].backward(grad_out[i])
 
     names = layer_names(layers)

@@ -350,8 +350,8 @@ def breakdown(args):
         + table(header, rows)
         + "\n\nEach layer is called on its own with the input (and output gradient) it gets in "
         "the step, median of the rounds; a backward row is that layer's backward alone (its "
-        "forward runs untimed just before). PyTorch's first conv computes no input gradient (the "
-        "images do not require grad); fastconv's layers compute what their `backward` computes. "
+        "forward runs untimed just before). Neither library computes the first conv's input "
+        "gradient (the images need none), as in their training steps. "
         "The whole step is timed in separate rounds; where it is shorter than the sum, the "
         "network does better than its layers one by one (fastconv's `Sequential` runs a ReLU "
         "after the max pooling that follows it, on 4x less data).\n"

@@ -222,7 +222,9 @@ def train_step(model, criterion, optimizer, x, y):
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss}")
         optimizer.zero_grad()
-        model.backward(criterion.backward())
+        # Gradients of the parameters only: nothing needs the images' gradient (a first Conv2d
+        # skips that pass, as PyTorch does for inputs that do not require grad).
+        model._backward_params(criterion.backward())
         optimizer.step()
     return loss, logits
 

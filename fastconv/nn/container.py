@@ -71,10 +71,21 @@ class Sequential(Module):
         self._ctx = order
         return x
 
-    def backward(self, grad_out):
-        for module in reversed(self._saved()):
+    def backward(self, grad_out, input_grad=True):
+        """The gradient through every module, last to first. ``input_grad=False``: the first
+        module computes only its parameters' gradients (a first ``Conv2d`` skips its input
+        gradient, which PyTorch skips for data too) and None is returned."""
+        modules = self._saved()
+        for module in reversed(modules[1:] if not input_grad else modules):
             grad_out = module.backward(grad_out)
-        return grad_out
+        if input_grad:
+            return grad_out
+        if modules:
+            modules[0]._backward_params(grad_out)
+        return None
+
+    def _backward_params(self, grad_out):
+        self.backward(grad_out, input_grad=False)
 
     def __len__(self):
         return len(self._modules)

@@ -98,13 +98,19 @@ class Conv2d(Module):
 
         return _record(y, _with_bias(x, weight, bias), backward)
 
-    def backward(self, grad_out):
-        """(N, C_out, OH, OW) -> (N, C_in, H, W); adds to ``weight.grad`` and ``bias.grad``."""
-        grad_x, grad_w, grad_b = F.conv2d_backward(
-            grad_out, self._saved(), self.weight.data, *self._args()
+    def backward(self, grad_out, input_grad=True):
+        """(N, C_out, OH, OW) -> (N, C_in, H, W); adds to ``weight.grad`` and ``bias.grad``.
+
+        ``input_grad=False``: the input gradient is not computed and None is returned (a first
+        layer, whose input is the data)."""
+        grad_x, grad_w, grad_b = F._conv2d_backward(
+            grad_out, self._saved(), self.weight.data, *self._args(), input_grad=input_grad
         )
         _accumulate_weight_and_bias(self, grad_w, grad_b)
         return grad_x
+
+    def _backward_params(self, grad_out):
+        self.backward(grad_out, input_grad=False)
 
     def extra_repr(self):
         s = (

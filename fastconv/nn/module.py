@@ -368,6 +368,13 @@ class Module:
         grads = tuple(t.grad if isinstance(t, Tensor) else None for t in ctx.inputs)
         return grads[0] if len(grads) == 1 else grads
 
+    def _backward_params(self, grad_out):
+        """Layer-mode backward for the parameter gradients alone, when the caller needs no
+        gradient of this module's input (the module takes the data: PyTorch skips that work
+        for inputs that do not require grad). Returns None. A module that can skip work
+        (``Conv2d``, ``Sequential``) overrides it; others run their ``backward``."""
+        self.backward(grad_out)
+
     def __call__(self, *args, **kwargs):
         """Autograd mode if an argument is a ``Tensor`` (the result is a Tensor recorded for
         ``backward()``), layer mode otherwise (arrays in and out, ``module.backward``)."""
