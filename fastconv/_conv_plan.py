@@ -346,11 +346,35 @@ def _winograd(x, weight, bias, before, y):
         kwino._conv2d_winograd(x, U, bias, *before, block, V, M, rows_in, rows_out, y)
 
 
+def _winograd_exact_enough(a, b, taps):
+    """Whether Winograd gives what a direct sum of products gives for operands ``a`` and
+    ``b``: its transforms add and subtract several inputs before multiplying, so an inf
+    becomes inf - inf = NaN where the direct sum keeps inf (PyTorch's result), and values near
+    the top of the range overflow in the transforms where the direct sum does not. Such
+    inputs go to an exact algorithm instead. ``taps``: products summed per output (C*3*3);
+    the factor 64 bounds the transforms' growth (sums of at most 4 terms, twice, and the
+    weight transform's 2.25)."""
+    if a.size == 0 or b.size == 0:
+        return True
+    big = float(np.abs(a).max()) * float(np.abs(b).max())
+    return np.isfinite(big) and big * taps * 64 < np.finfo(a.dtype).max
+
+
 def _winograd_forward(conv, x, weight, bias, y):
+    if not _winograd_exact_enough(x, weight, conv.C * 9):
+        _gemm_forward(conv, x, weight, bias, y)
+        return
     _winograd(x, weight, bias, conv.before, y)
 
 
 def _winograd_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b):
+    taps = max(conv.C, conv.O) * 9
+    if not (
+        _winograd_exact_enough(grad_out, weight, taps)
+        and _winograd_exact_enough(grad_out, x, conv.N * conv.OH * conv.OW)
+    ):
+        _gemm_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b)
+        return
     # The input gradient of a stride-1 3x3 conv is the full convolution of grad_out with the
     # flipped kernel (channels swapped): Winograd again, with padding 2 - pad on each side.
     ph, pw = conv.before

@@ -246,3 +246,30 @@ def test_conv2d_backward_without_input_grad(rng, case, conv_path):
     _, gw_all, gb_all = F.conv2d_backward(go, x, w, **kw)
     np.testing.assert_array_equal(gw, gw_all)
     np.testing.assert_array_equal(gb, gb_all)
+
+
+@pytest.mark.parametrize("special", ["inf", "-inf", "nan", "huge"])
+def test_conv2d_non_finite_and_extreme_inputs_like_direct_sums(rng, conv_path, special):
+    """Every algorithm gives what the direct sum of products gives (PyTorch's result): inf
+    stays inf (Winograd's transforms would make inf - inf = NaN), NaN propagates, and values
+    near the top of the float64 range do not overflow in a transform (such inputs are routed
+    to an exact algorithm)."""
+    x = rng.standard_normal((2, 16, 6, 6))
+    w = np.abs(rng.standard_normal((16, 16, 3, 3))) + 0.1  # positive: no inf - inf in the sum
+    value = {"inf": np.inf, "-inf": -np.inf, "nan": np.nan, "huge": 1e305}[special]
+    x[0, 3, 2, 2] = value
+    if special == "huge":
+        x = np.abs(x)
+        w = w / 16  # each product stays finite, and so does the direct sum
+    y = F.conv2d(x, w, padding=1)
+    y_ref = R.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(y_ref))
+    finite = np.isfinite(y_ref)
+    assert_close64(y[finite], y_ref[finite])
+    g = np.ones_like(y)
+    grads = F.conv2d_backward(g, x, w, padding=1)
+    grads_ref = R.conv2d_backward(g, x, w, padding=1)
+    for got, want in zip(grads, grads_ref, strict=True):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
