@@ -29,10 +29,11 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from fastconv._config import tuning
-from fastconv._threads import get_num_threads, single_threaded_blas
+from fastconv._threads import single_threaded_blas
 from fastconv.kernels import conv_direct, conv_gemm
 from fastconv.kernels import winograd as kwino
 
@@ -62,9 +63,11 @@ class Conv(NamedTuple):
         return (*self.stride, *self.before, *self.dilation)
 
     @property
-    def threads(self):
-        """Threads that get work when a kernel splits the batch into one chunk per thread."""
-        return min(get_num_threads(), max(self.N, 1))
+    def chunks(self):
+        """Chunks of the batch for kernels that split it, each with its own partial sums: one
+        per thread of numba's pool (fixed for the process), never per thread in force, so the
+        partial sums and their fixed-order total are the same at any thread count."""
+        return min(numba.config.NUMBA_NUM_THREADS, max(self.N, 1))
 
 
 class Algorithm(NamedTuple):
@@ -253,7 +256,7 @@ def _grouped_weight(weight, groups):
 
 def _gemm_forward(conv, x, weight, bias, y):
     rows = gemm_tile_rows(conv)
-    T, G, width = conv.threads, conv.groups, rows * conv.OW
+    T, G, width = conv.chunks, conv.groups, rows * conv.OW
     cols, prod = workspace(
         ((T, conv.C * conv.KH * conv.KW * width), conv.dtype),
         ((T, conv.O // G * width), conv.dtype),
@@ -273,7 +276,7 @@ def _gemm_forward(conv, x, weight, bias, y):
 
 def _gemm_backward(conv, grad_out, x, weight, grad_x, grad_w, grad_b):
     rows = gemm_tile_rows(conv)
-    T, G, width = conv.threads, conv.groups, rows * conv.OW
+    T, G, width = conv.chunks, conv.groups, rows * conv.OW
     Og, Rg = conv.O // G, conv.C // G * conv.KH * conv.KW
     # The kernel computes the input gradient in the same pass (col2im of the column gradient);
     # a caller that does not need it gets it in a workspace array, thrown away.
@@ -324,7 +327,7 @@ def _winograd_buffers(N, C, O, OW, tiles, dtype):
     Winograd kernels' per-thread buffers V, M, rows_in and rows_out."""
     TW = (OW + 1) // 2
     block = max(1, tiles // TW)  # tile rows per block
-    T = min(get_num_threads(), max(N, 1))
+    T = min(numba.config.NUMBA_NUM_THREADS, max(N, 1))  # as ``Conv.chunks``
     specs = (
         ((T, 16 * C * block * TW), dtype),
         ((T, 16 * O * block * TW), dtype),

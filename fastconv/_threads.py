@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import threading
 
 import numba
 import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS numba's np.dot calls, so it is seen)
@@ -31,12 +32,16 @@ _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
 
 
 def get_num_threads():
-    """Number of threads fastconv's parallel kernels use."""
+    """Number of threads fastconv's parallel kernels use, in the calling Python thread.
+
+    numba's setting is per Python thread: ``set_num_threads`` and ``threads`` apply to the
+    thread that calls them (a new Python thread starts with numba's full count)."""
     return numba.get_num_threads()
 
 
 def set_num_threads(n):
-    """Use ``n`` threads (1 <= n <= the number numba started with) in fastconv's kernels."""
+    """Use ``n`` threads (1 <= n <= the number numba started with) in fastconv's kernels called
+    from this Python thread."""
     if not isinstance(n, numbers.Integral) or isinstance(n, bool):
         raise TypeError(f"n must be an int, got {n!r}")
     limit = numba.config.NUMBA_NUM_THREADS
@@ -47,7 +52,8 @@ def set_num_threads(n):
 
 @contextlib.contextmanager
 def threads(n):
-    """Context manager: run the block with ``n`` threads, then restore the previous count."""
+    """Context manager: run the block with ``n`` threads, then restore the previous count
+    (this Python thread's setting, as ``set_num_threads``)."""
     previous = get_num_threads()
     set_num_threads(n)
     try:
@@ -56,14 +62,31 @@ def threads(n):
         set_num_threads(previous)
 
 
+# BLAS's thread count is one setting for the whole process, while several Python threads may
+# run fastconv kernels at once: the first to enter ``single_threaded_blas`` saves the user's
+# setting and sets 1, the last to leave restores it. (Each thread restoring its own saved value
+# let one thread's exit turn BLAS multithreaded inside another thread's parallel loop.)
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved = None
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Run BLAS on one thread in the block: for kernels that call BLAS inside ``prange``."""
-    previous = [lib.get_num_threads() for lib in _BLAS]
-    for lib in _BLAS:
-        lib.set_num_threads(1)
+    """Run BLAS on one thread in the block: for kernels that call BLAS inside ``prange``.
+    Safe when several Python threads use it at once (see above)."""
+    global _blas_users, _blas_saved
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = [lib.get_num_threads() for lib in _BLAS]
+            for lib in _BLAS:
+                lib.set_num_threads(1)
+        _blas_users += 1
     try:
         yield
     finally:
-        for lib, n in zip(_BLAS, previous, strict=True):
-            lib.set_num_threads(n)
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, n in zip(_BLAS, _blas_saved, strict=True):
+                    lib.set_num_threads(n)
