@@ -62,31 +62,54 @@ def threads(n):
         set_num_threads(previous)
 
 
-# BLAS's thread count is one setting for the whole process, while several Python threads may
-# run fastconv kernels at once: the first to enter ``single_threaded_blas`` saves the user's
-# setting and sets 1, the last to leave restores it. (Each thread restoring its own saved value
-# let one thread's exit turn BLAS multithreaded inside another thread's parallel loop.)
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_saved = None
+def _thread_count_calls(lib):
+    """``(get, set)`` of a BLAS library's thread count. For OpenBLAS, its C functions (threadpoolctl
+    finds them once): a plain ctypes call, several times cheaper than threadpoolctl's methods,
+    and a small layer runs four of them per call."""
+    if lib.internal_api == "openblas":
+        get = lib._get_symbol("openblas_get_num_threads")
+        set_ = lib._get_symbol("openblas_set_num_threads")
+        if get is not None and set_ is not None:
+            return get, set_
+    return lib.get_num_threads, lib.set_num_threads
 
 
-@contextlib.contextmanager
+_BLAS_CALLS = [_thread_count_calls(lib) for lib in _BLAS]
+
+
+class _SingleThreadedBlas:
+    """BLAS's thread count is one setting for the whole process, while several Python threads
+    may run fastconv kernels at once: the first to enter saves the user's setting and sets 1,
+    the last to leave restores it. (Each thread restoring its own saved value let one thread's
+    exit turn BLAS multithreaded inside another thread's parallel loop.) A class rather than a
+    generator: it is entered around every BLAS-calling kernel."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._users == 0:
+                self._saved = [get() for get, _ in _BLAS_CALLS]
+                for _, set_ in _BLAS_CALLS:
+                    set_(1)
+            self._users += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                for (_, set_), n in zip(_BLAS_CALLS, self._saved, strict=True):
+                    set_(n)
+        return False
+
+
+_single_threaded_blas = _SingleThreadedBlas()
+
+
 def single_threaded_blas():
-    """Run BLAS on one thread in the block: for kernels that call BLAS inside ``prange``.
-    Safe when several Python threads use it at once (see above)."""
-    global _blas_users, _blas_saved
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_saved = [lib.get_num_threads() for lib in _BLAS]
-            for lib in _BLAS:
-                lib.set_num_threads(1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                for lib, n in zip(_BLAS, _blas_saved, strict=True):
-                    lib.set_num_threads(n)
+    """Context manager: BLAS runs on one thread in the block (for kernels that call BLAS
+    inside ``prange``); safe when several Python threads use it at once."""
+    return _single_threaded_blas
