@@ -125,6 +125,20 @@ def _broadcast_int(builder, scalar):
     )
 
 
+def _masked_load(builder):
+    """LLVM's masked load of 16 floats: (pointer, alignment, <16 x i1> mask, passthrough)."""
+    mask = ir.VectorType(ir.IntType(1), LANES)
+    fnty = ir.FunctionType(_VEC, [_VEC.as_pointer(), ir.IntType(32), mask, _VEC])
+    return cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16f32.p0v16f32")
+
+
+def _masked_store(builder):
+    """LLVM's masked store of 16 floats: (value, pointer, alignment, <16 x i1> mask)."""
+    mask = ir.VectorType(ir.IntType(1), LANES)
+    fnty = ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), ir.IntType(32), mask])
+    return cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16f32.p0v16f32")
+
+
 @intrinsic
 def vload_part(typingctx, arr, index, count):
     """The first ``count`` (< 16 allowed) floats of ``arr.flat[index:]``, zeros in the other
@@ -137,13 +151,7 @@ def vload_part(typingctx, arr, index, count):
     def codegen(context, builder, sig, args):
         idx, cnt = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2))
         ptr = _pointer(context, builder, sig.args[0], args[0], idx)
-        fn = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(
-                _VEC, [_VEC.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), LANES), _VEC]
-            ),
-            "llvm.masked.load.v16f32.p0v16f32",
-        )
+        fn = _masked_load(builder)
         zero = ir.Constant(_VEC, [0.0] * LANES)
         return builder.call(
             fn, [ptr, ir.Constant(ir.IntType(32), 4), _lane_mask(builder, cnt), zero]
@@ -163,14 +171,7 @@ def vstore_part(typingctx, arr, index, vec, count):
     def codegen(context, builder, sig, args):
         idx, cnt = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 3))
         ptr = _pointer(context, builder, sig.args[0], args[0], idx)
-        fn = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(
-                ir.VoidType(),
-                [_VEC, _VEC.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), LANES)],
-            ),
-            "llvm.masked.store.v16f32.p0v16f32",
-        )
+        fn = _masked_store(builder)
         builder.call(fn, [args[2], ptr, ir.Constant(ir.IntType(32), 4), _lane_mask(builder, cnt)])
         return context.get_dummy_value()
 
@@ -391,14 +392,7 @@ def tile_store_rows(typingctx, arr, index, row_step, acc, count, nrows):
         vecs = cgutils.unpack_tuple(builder, args[3], n)
         idx, rstp, cnt, nr = _intp(context, builder, sig, args, 1, 2, 4, 5)
         mask = _lane_mask(builder, cnt)
-        fn = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(
-                ir.VoidType(),
-                [_VEC, _VEC.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), LANES)],
-            ),
-            "llvm.masked.store.v16f32.p0v16f32",
-        )
+        fn = _masked_store(builder)
         for r in range(n):
             with builder.if_then(builder.icmp_signed("<", ir.Constant(idx.type, r), nr)):
                 at = builder.add(idx, builder.mul(rstp, ir.Constant(idx.type, r)))
@@ -466,14 +460,7 @@ def tile_store_nchw(
         idx, cstp, rstp, nch, nr, nc = _intp(context, builder, sig, args, 1, 2, 3, 7, 8, 9)
         i64 = idx.type
         lanes = ir.Constant(ir.VectorType(i64, LANES), list(range(LANES)))
-        fn = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(
-                ir.VoidType(),
-                [_VEC, _VEC.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), LANES)],
-            ),
-            "llvm.masked.store.v16f32.p0v16f32",
-        )
+        fn = _masked_store(builder)
         undef = ir.Constant(_VEC, ir.Undefined)
         row_masks = []
         for r in range(npx // tw):
