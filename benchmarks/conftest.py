@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 import fastconv
+from benchmarks._threading import use_openmp_unless_set
 
+use_openmp_unless_set()  # before any kernel runs: see benchmarks/_threading.py
 THREADS = 2  # every library gets 2 threads (benchmarks/README.md)
 REFERENCE_ROUNDS = 3  # the NumPy loops take up to a few seconds per call
 HERE = Path(__file__).parent

@@ -52,8 +52,10 @@ from benchmarks import _roofline  # noqa: E402
 from benchmarks._breakdown import step_ops  # noqa: E402
 from benchmarks._layers import PASSES, SHAPE_IDS, SHAPES, make_op  # noqa: E402
 from benchmarks._nets import BATCH, NETS, STEPS_PER_EPOCH, synthetic_batch, trainer  # noqa: E402
+from benchmarks._threading import use_openmp_unless_set  # noqa: E402
 from benchmarks.train_torch import DATA_DIR, load_split  # noqa: E402
 
+use_openmp_unless_set()  # before any kernel runs: see benchmarks/_threading.py
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
 SECTIONS = ("layers", "roofline", "networks", "breakdown", "startup", "memory", "threads")
@@ -170,6 +172,14 @@ def blas_libraries():
     return "; ".join(found) or "none found"
 
 
+def numba_layer():
+    """The layer numba's parallel kernels run on here (started by a tiny kernel if need be)."""
+    import numba
+
+    fastconv.functional.relu(np.zeros(1, np.float32))
+    return numba.threading_layer()
+
+
 def blas_environment():
     """How OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set, in words."""
     set_vars = [f"{name}={os.environ[name]}" for name in BLAS_VARS if name in os.environ]
@@ -198,6 +208,8 @@ def machine(args):
         f"load average at start {load}\n"
         f"- BLAS: {blas_libraries()}\n"
         f"- BLAS environment: {blas_environment()}\n"
+        f"- numba threading layer in this process: {numba_layer()} (see "
+        "`benchmarks/_threading.py`; the start-up and memory runs use the default, tbb)\n"
         f"- python {platform.python_version()}, fastconv {fastconv.__version__} (from "
         f"`{Path(fastconv.__file__).parent}`), {versions}\n"
         f"- float32, NCHW, {THREADS} threads for both libraries, JIT compile excluded; "
