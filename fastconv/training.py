@@ -65,6 +65,7 @@ from fastconv._run_dir import (
     restore,
     write_json,
 )
+from fastconv.autograd import no_grad
 from fastconv.datasets import fashion_mnist, mnist
 
 __all__ = [
@@ -296,8 +297,10 @@ def evaluate(model, loader):
     criterion = nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct, seen = 0.0, 0, 0
     try:
+        # no_grad: the layers keep no inputs for a backward, so each activation is freed as soon
+        # as the next layer has read it (a batch of 1000 held ~280 MB more without it).
         for xb, yb in loader:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"), no_grad():
                 logits = model(xb)
                 total_loss += criterion(logits, yb)
             correct += int((logits.argmax(axis=1) == yb).sum())

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastconv._checks import FLOAT_DTYPES, check_bool, float_dtype
-from fastconv.autograd.tensor import Tensor, enable_grad
+from fastconv.autograd.tensor import Tensor, enable_grad, is_grad_enabled
 from fastconv.autograd.tensor import _accumulate as _accumulate  # its home before autograd
 
 
@@ -393,7 +393,10 @@ class Module:
         try:
             if type(self).backward is Module.backward:
                 return self._forward_through_graph(*args, **kwargs)
-            return self.forward(*args, **kwargs)
+            out = self.forward(*args, **kwargs)
+            if not is_grad_enabled():  # under no_grad nothing calls backward: keep no input
+                self._ctx = None
+            return out
         finally:
             state.depth -= 1
 
