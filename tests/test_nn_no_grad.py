@@ -41,3 +41,16 @@ def test_activations_are_freed_as_the_forward_goes(rng):
         model(x)
     gc.collect()
     assert seen and seen[0]() is None
+
+
+def test_forward_only_module_records_no_graph_under_no_grad(rng):
+    # models.inception's blocks define only forward (Tensor operations): in layer mode they
+    # record a graph for backward, except under no_grad (evaluation).
+    model = models.inception(rng=0).eval()
+    x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with fastconv.no_grad():
+        y = model(x)
+    assert all(m._ctx is None for m in model.modules())
+    model.train()
+    np.testing.assert_allclose(model.eval()(x), y, rtol=1e-6)
+    assert model[4]._ctx is not None  # outside no_grad the block keeps its graph

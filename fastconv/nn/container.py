@@ -71,6 +71,11 @@ class Sequential(Module):
         self._ctx = order
         return x
 
+    def _forward_tensor(self, x):  # the graph keeps what backward needs: no _ctx
+        for module in self._run_order():
+            x = module(x)
+        return x
+
     def backward(self, grad_out, input_grad=True):
         """The gradient through every module, last to first. ``input_grad=False``: the first
         module computes only its parameters' gradients (a first ``Conv2d`` skips its input
@@ -123,7 +128,12 @@ class Residual(Module):
         _check_no_shared_modules(self)
 
     def forward(self, x):
-        """Layer mode, and autograd mode too: the sum of two Tensors records its node."""
+        y = self._forward_tensor(x)
+        self._ctx = ()
+        return y
+
+    def _forward_tensor(self, x):
+        """Both modes: for Tensors the sum records its node."""
         out = self.block(x)
         skip = x if self.shortcut is None else self.shortcut(x)
         if out.shape != skip.shape:
@@ -132,7 +142,6 @@ class Residual(Module):
                 f"the shortcut's {skip.shape}; give a shortcut that maps the "
                 "input to the block's output shape"
             )
-        self._ctx = ()
         return out + skip
 
     def backward(self, grad_out):
@@ -152,6 +161,9 @@ class Identity(Module):
 
     def forward(self, x):
         self._ctx = ()
+        return x
+
+    def _forward_tensor(self, x):
         return x
 
     def backward(self, grad_out):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastconv._checks import FLOAT_DTYPES, check_bool, float_dtype
-from fastconv.autograd.tensor import Tensor, enable_grad, is_grad_enabled
+from fastconv.autograd.tensor import Tensor, is_grad_enabled
 from fastconv.autograd.tensor import _accumulate as _accumulate  # its home before autograd
 
 
@@ -411,14 +411,14 @@ class Module:
         """Layer mode of a module whose ``forward`` is written with Tensors: float arrays become
         Tensors requiring grad, the graph is kept for ``backward`` and the data returned."""
         self._ctx = None  # the last call's graph goes first, not after this one is built
+        record = is_grad_enabled()  # under no_grad nothing calls backward: record nothing
         inputs = tuple(
-            Tensor(a, requires_grad=True)
+            Tensor(a, requires_grad=record)
             if isinstance(a, np.ndarray) and a.dtype in FLOAT_DTYPES
             else a
             for a in args
         )
-        with enable_grad():
-            out = self.forward(*inputs, **kwargs)
+        out = self.forward(*inputs, **kwargs)
         if not isinstance(out, Tensor):
             raise TypeError(
                 f"{type(self).__name__}.forward() must return a Tensor when it defines no "
