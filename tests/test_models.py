@@ -44,7 +44,8 @@ def test_activation_and_errors():
     model = models.lenet(activation=nn.Sigmoid, rng=0)
     assert sum(isinstance(m, nn.Sigmoid) for m in model.modules()) == 3
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
-    with pytest.raises(ValueError, match="name must be one of seed, lenet, bn, resnet, inception, got 'vgg'"):
+    names = "seed, lenet, bn, resnet, inception"
+    with pytest.raises(ValueError, match=f"name must be one of {names}, got 'vgg'"):
         models.build("vgg")
 
 
