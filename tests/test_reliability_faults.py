@@ -93,7 +93,8 @@ count = [0]
 
 
 def counting(src, dst):
-    count[0] += 1
+    if os.fspath(dst).startswith(root):  # the run's files, not numba's cache (cold JIT cache)
+        count[0] += 1
     return real_replace(src, dst)
 
 
@@ -110,7 +111,9 @@ for k in range(renames):
         if pid == 0:  # the run that dies: SIGKILL before or after the k-th rename
             seen = [0]
 
-            def killing(src, dst, k=k, phase=phase):
+            def killing(src, dst, k=k, phase=phase, out=out):
+                if not os.fspath(dst).startswith(out):  # e.g. numba's cache: not counted
+                    return real_replace(src, dst)
                 if seen[0] == k and phase == "before":
                     os.kill(os.getpid(), signal.SIGKILL)
                 real_replace(src, dst)
