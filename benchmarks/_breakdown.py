@@ -79,7 +79,9 @@ def _fastconv_ops(model, name, x, y):
             p.grad = g.copy()
 
     def forward(i):
-        return lambda: layers[i](inputs[i])
+        # ``forward`` itself, timed many times: a call through ``layer(...)`` counts toward the
+        # layer-mode check that refuses a backward after several forwards.
+        return lambda: layers[i].forward(inputs[i])
 
     def backward(i):
         def prepare():
@@ -133,7 +135,9 @@ def _torch_ops(model, name, x, y):
             p.grad = g.clone()
 
     def forward(i):
-        return lambda: layers[i](inputs[i])
+        # ``forward`` itself, timed many times: a call through ``layer(...)`` counts toward the
+        # layer-mode check that refuses a backward after several forwards.
+        return lambda: layers[i].forward(inputs[i])
 
     def backward(i):
         def prepare():

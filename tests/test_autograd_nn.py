@@ -277,7 +277,7 @@ def test_forward_only_module_trains_in_layer_mode(rng):
         np.testing.assert_array_equal(a, b)
 
 
-def test_layer_mode_refuses_a_module_run_twice_in_one_pass(rng):
+def test_layer_mode_refuses_a_module_run_twice_before_its_backward(rng):
     class Twice(nn.Module):
         def __init__(self):
             super().__init__()
@@ -301,9 +301,18 @@ def test_layer_mode_refuses_a_module_run_twice_in_one_pass(rng):
     h = x @ w.T + b
     gh = np.ones((2, 3), np.float32) @ w
     np.testing.assert_allclose(model.fc.weight.grad, np.ones((3, 2)) @ h + gh.T @ x, rtol=1e-5)
-    # Separate top-level calls are separate passes, as before: backward follows the last one.
+    # Separate top-level calls too (issue 11, family 8): forward(x1); forward(x2); backward(g)
+    # would silently give x2's gradient, so it raises, and the next forward starts afresh.
     relu = nn.ReLU()
     relu(-x)
+    relu(x)
+    with pytest.raises(RuntimeError, match="ReLU.backward.*ran 2 times since its last backward"):
+        relu.backward(np.ones_like(x))
+    relu(x)
+    np.testing.assert_array_equal(relu.backward(np.ones_like(x)), (x > 0).astype(np.float32))
+    # Forwards under no_grad keep nothing and do not count.
+    with fastconv.no_grad():
+        relu(-x)
     relu(x)
     np.testing.assert_array_equal(relu.backward(np.ones_like(x)), (x > 0).astype(np.float32))
 

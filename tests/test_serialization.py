@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
+import fastconv
 from fastconv import nn
 from fastconv.serialization import load, save
 
@@ -26,7 +27,8 @@ def _net(seed):
 def _trained(seed):
     """A net whose BatchNorm running statistics and batch counter have moved."""
     net = _net(seed)
-    net(np.random.default_rng(seed).standard_normal((5, 1, 8, 8)).astype(np.float32))
+    with fastconv.no_grad():  # a forward no backward follows (training mode: the stats move)
+        net(np.random.default_rng(seed).standard_normal((5, 1, 8, 8)).astype(np.float32))
     return net
 
 

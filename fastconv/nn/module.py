@@ -4,7 +4,6 @@ assignment, traversal with PyTorch's dotted names, the state dict, modes, dtype 
 
 from __future__ import annotations
 
-import threading
 from collections import namedtuple
 from collections.abc import Mapping
 
@@ -381,24 +380,14 @@ class Module:
         for a in args:
             if isinstance(a, Tensor):
                 return self._forward_tensor(*args, **kwargs)
-        state = _PASS
-        if state.depth == 0:  # a top-level call starts a new forward pass
-            state.count += 1
-        if self._pass == state.count:
+        if is_grad_enabled():  # a forward a backward may follow: counted until that backward
             object.__setattr__(self, "_runs", self._runs + 1)
-        else:
-            object.__setattr__(self, "_pass", state.count)
-            object.__setattr__(self, "_runs", 1)
-        state.depth += 1
-        try:
-            if type(self).backward is Module.backward:
-                return self._forward_through_graph(*args, **kwargs)
-            out = self.forward(*args, **kwargs)
-            if not is_grad_enabled():  # under no_grad nothing calls backward: keep no input
-                self._ctx = None
-            return out
-        finally:
-            state.depth -= 1
+        if type(self).backward is Module.backward:
+            return self._forward_through_graph(*args, **kwargs)
+        out = self.forward(*args, **kwargs)
+        if not is_grad_enabled():  # under no_grad nothing calls backward: keep no input
+            self._ctx = None
+        return out
 
     def _forward_tensor(self, *args, **kwargs):
         """Autograd mode. A module that composes others (or Tensor operations) in ``forward``
@@ -429,20 +418,25 @@ class Module:
 
     def _saved(self):
         """What the last ``forward`` cached for ``backward``; raises if there was none, or if
-        the module ran more than once in that forward pass (its cache holds the last call
-        only, so the gradient would be wrong)."""
+        the module ran more than once since its last backward (in one forward pass, or in
+        several: its cache holds the last call only, so the gradient would be wrong)."""
         if self._runs > 1:
+            runs = self._runs
+            object.__setattr__(self, "_runs", 0)  # the next forward starts a new count
             raise RuntimeError(
-                f"{type(self).__name__}.backward(): this instance ran {self._runs} times in the "
-                "last forward pass, and layer mode keeps only the last call's input, so the "
-                "gradient would be wrong; use a separate instance for each use, or call the "
-                "model on a fastconv.Tensor (autograd mode), which allows reuse"
+                f"{type(self).__name__}.backward(): this instance ran {runs} times since its "
+                "last backward, and layer mode keeps only the last call's input, so the "
+                "gradient would be wrong; call backward after each forward, use a separate "
+                "instance for each use, run forwards that need no backward under "
+                "fastconv.no_grad(), or call the model on a fastconv.Tensor (autograd mode), "
+                "which allows reuse"
             )
         if self._ctx is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() called before forward(): "
                 "run a forward pass through this layer first"
             )
+        object.__setattr__(self, "_runs", 0)
         return self._ctx
 
     # ---- repr -------------------------------------------------------------------------------
@@ -462,19 +456,9 @@ class Module:
         return f"{type(self).__name__}({body})"
 
 
-class _PassState(threading.local):
-    """Counts layer-mode forward passes (top-level module calls) in this thread, so a module
-    can tell that it ran twice in one pass."""
-
-    depth = 0
-    count = 0
-
-
-_PASS = _PassState()
 _Graph = namedtuple("_Graph", ["inputs", "output"])  # a layer-mode call through autograd
 
-# Per instance once a layer-mode call has run: the pass it last ran in, and how many times.
-Module._pass = -1
+# Per instance: layer-mode forwards (with grad enabled) since its last backward.
 Module._runs = 0
 
 # The three registries: the table, how messages name a member, the type it takes and its name.
