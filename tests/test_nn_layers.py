@@ -115,11 +115,14 @@ LAYER_CASES = {
     "linear": _linear_case(True),
     "linear_nobias": _linear_case(False),
     "maxpool": _stateless_case(
-        lambda: nn.MaxPool2d(3, 2, 1, 1, True), (2, 3, 9, 8), _maxpool_forward, _maxpool_backward
+        lambda: nn.MaxPool2d(3, 2, 1, 1, ceil_mode=True),
+        (2, 3, 9, 8),
+        _maxpool_forward,
+        _maxpool_backward,
     ),
     # In eval the layer computes values only; a backward still gives the same gradient.
     "maxpool_eval": _stateless_case(
-        lambda: nn.MaxPool2d(3, 2, 1, 1, True).eval(),
+        lambda: nn.MaxPool2d(3, 2, 1, 1, ceil_mode=True).eval(),
         (2, 3, 9, 8),
         _maxpool_forward,
         _maxpool_backward,

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from fastconv._checks import check_array
+from fastconv._checks import check_array, is_int, real
 
 
 def _check_axis(x, axis):
@@ -33,46 +33,136 @@ def log_softmax(x, axis=-1):
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
-def _check_ce_args(logits, target, reduction):
+def _check_ce_args(logits, target, reduction, weight, ignore_index, label_smoothing):
     logits = check_array("logits", logits, ndim=2)
+    C = logits.shape[1]
     if not isinstance(target, np.ndarray) or not np.issubdtype(target.dtype, np.integer):
         got = target.dtype if isinstance(target, np.ndarray) else type(target).__name__
         raise TypeError(f"target must be an integer numpy.ndarray of class indices, got {got}")
     if target.shape != (logits.shape[0],):
         raise ValueError(f"target must have shape ({logits.shape[0]},), got {target.shape}")
-    if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
+    ignore_index = check_ignore_index(ignore_index)
+    kept = target[target != ignore_index]
+    if kept.size and (kept.min() < 0 or kept.max() >= C):
         raise ValueError(
-            f"target values must lie in [0, {logits.shape[1]}), got "
-            f"[{target.min()}, {target.max()}]"
+            f"target values must lie in [0, {C}) or equal ignore_index ({ignore_index}), got "
+            f"[{kept.min()}, {kept.max()}]"
         )
+    check_reduction(reduction)
+    if weight is not None:
+        weight = check_array("weight", weight, ndim=1, dtype=logits.dtype)
+        if weight.shape != (C,):
+            raise ValueError(f"weight must have shape ({C},) (one per class), got {weight.shape}")
+    return logits, target, weight, ignore_index, check_label_smoothing(label_smoothing)
+
+
+def check_reduction(reduction):
+    """``reduction`` if it is "mean", "sum" or "none" (the losses' shared rule)."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    return logits, target
+    return reduction
 
 
-def cross_entropy(logits, target, reduction="mean"):
-    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets.
+def check_ignore_index(ignore_index):
+    """``ignore_index`` as an int (any value; -100 by default, as in PyTorch)."""
+    if not is_int(ignore_index):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    return int(ignore_index)
 
-    Returns a Python float for "mean" and "sum", an (N,) array for "none".
+
+def check_label_smoothing(label_smoothing):
+    """``label_smoothing`` as a float in [0, 1]."""
+    value = real("label_smoothing", label_smoothing)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return value
+
+
+def _ce_coefficients(logits, target, weight, ignore_index, label_smoothing):
+    """PyTorch's loss as ``loss[n] = -sum_c coef[n, c] * log_softmax(logits)[n, c]``.
+
+    ``coef = (1 - s) * w[t] * one_hot(t) + (s / C) * w`` for label smoothing ``s`` and class
+    weights ``w`` (ones if None), a zero row where ``target == ignore_index``. Returns ``coef``
+    (N, C) or None for the plain case (``one_hot(target)``, no work needed), the rows kept
+    (N,) bool, and the divisor of reduction "mean": the sum of ``w[t]`` over the kept rows.
     """
-    logits, target = _check_ce_args(logits, target, reduction)
-    losses = -log_softmax(logits)[np.arange(logits.shape[0]), target]
+    N, C = logits.shape
+    keep = target != ignore_index
+    if weight is None and label_smoothing == 0.0 and keep.all():
+        return None, keep, float(N)
+    t = np.where(keep, target, 0)  # any valid class for ignored rows; their weight is zeroed
+    w = np.ones(C, logits.dtype) if weight is None else weight
+    w_t = np.where(keep, w[t], 0).astype(logits.dtype)
+    coef = np.zeros((N, C), logits.dtype)
+    if label_smoothing:
+        coef[keep] = (label_smoothing / C) * w
+    coef[np.arange(N), t] += (1 - label_smoothing) * w_t
+    return coef, keep, float(w_t.sum(dtype=np.float64))
+
+
+def cross_entropy(
+    logits, target, reduction="mean", *, weight=None, ignore_index=-100, label_smoothing=0.0
+):
+    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets, as
+    ``torch.nn.functional.cross_entropy``.
+
+    Parameters
+    ----------
+    logits : (N, C) float array
+    target : (N,) integer array, each in [0, C) or equal to ``ignore_index``
+    reduction : "mean", "sum" or "none"
+    weight : (C,) array of the logits' dtype, or None: class ``c``'s loss is scaled by
+        ``weight[c]``, and "mean" divides by the sum of ``weight[target]`` over the rows kept
+    ignore_index : int; rows whose target equals it contribute 0 and are not counted
+    label_smoothing : float in [0, 1]; the target becomes ``(1 - s) * one_hot + s / C``
+        (with ``weight``, PyTorch weights the smoothing term by ``weight`` too)
+
+    Returns
+    -------
+    A Python float for "mean" and "sum" ("mean" is NaN when no row is kept, as in PyTorch), an
+    (N,) array for "none" (0 on ignored rows).
+    """
+    logits, target, weight, ignore_index, smoothing = _check_ce_args(
+        logits, target, reduction, weight, ignore_index, label_smoothing
+    )
+    coef, keep, divisor = _ce_coefficients(logits, target, weight, ignore_index, smoothing)
+    logp = log_softmax(logits)
+    if coef is None:
+        losses = -logp[np.arange(logits.shape[0]), target]
+    else:
+        losses = -(coef * logp).sum(axis=1)
     if reduction == "none":
         return losses
     total = float(losses.sum(dtype=np.float64))
     if reduction == "sum":
         return total
-    return total / logits.shape[0] if logits.shape[0] else float("nan")
+    return total / divisor if divisor else float("nan")
 
 
-def cross_entropy_backward(logits, target, reduction="mean"):
-    """Gradient of ``cross_entropy`` with respect to the logits: softmax - one_hot(target).
+def cross_entropy_backward(
+    logits, target, reduction="mean", *, weight=None, ignore_index=-100, label_smoothing=0.0
+):
+    """Gradient of ``cross_entropy`` (same arguments) with respect to the logits, (N, C):
+    ``sum_c(coef) * softmax(logits) - coef`` per row, ``coef`` the one-hot target made
+    weighted and smoothed (see ``cross_entropy``); 0 on ignored rows.
 
-    For reduction "none" the upstream gradient is taken as all ones.
+    For reduction "none" the upstream gradient is taken as all ones. For "mean" with nothing
+    to divide by (every row ignored, or target weights summing to 0) the kept rows are NaN and
+    the ignored ones 0, as in PyTorch.
     """
-    logits, target = _check_ce_args(logits, target, reduction)
+    logits, target, weight, ignore_index, smoothing = _check_ce_args(
+        logits, target, reduction, weight, ignore_index, label_smoothing
+    )
+    coef, keep, divisor = _ce_coefficients(logits, target, weight, ignore_index, smoothing)
     grad = softmax(logits)
-    grad[np.arange(logits.shape[0]), target] -= 1
+    if coef is None:
+        grad[np.arange(logits.shape[0]), target] -= 1
+    else:
+        grad *= coef.sum(axis=1, keepdims=True)
+        grad -= coef
     if reduction == "mean" and logits.shape[0]:
-        grad /= logits.shape[0]
+        if coef is None:
+            grad /= divisor
+        else:  # only the kept rows: an ignored row stays 0 even when the divisor is 0
+            grad[keep] *= 1 / divisor if divisor else np.nan
     return grad

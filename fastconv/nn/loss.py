@@ -7,45 +7,73 @@ import numpy as np
 import fastconv.functional as F
 from fastconv._checks import check_array
 from fastconv.autograd.tensor import Tensor, _record, as_tensor, enable_grad
+from fastconv.functional.loss import (
+    check_ignore_index,
+    check_label_smoothing,
+    check_reduction,
+)
 from fastconv.nn.module import Module
 
 
-def _check_reduction(reduction):
-    # Checked at construction too (functional checks it per call) so a typo fails where it is
-    # written.
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    return reduction
-
-
 class CrossEntropyLoss(Module):
-    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets.
+    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets, as
+    ``torch.nn.CrossEntropyLoss``.
 
     Layer mode: ``loss = crit(logits, target)`` is a float for reduction "mean" or "sum", an
     (N,) array for "none"; ``crit.backward()`` then returns the (N, C) gradient with respect to
     the logits. Autograd mode (``logits`` a Tensor): the loss is a Tensor, 0-d for "mean" and
     "sum"; ``target`` is an integer ndarray or Tensor.
+
+    Parameters
+    ----------
+    reduction : "mean" (default), "sum" or "none"; positional, as fastconv always had it (PyTorch
+        takes ``weight`` first: pass the others by keyword)
+    weight : (C,) float32/float64 array or None; each class's loss is scaled by its weight and
+        "mean" divides by the summed weights of the targets kept. A buffer, as in PyTorch (in
+        ``state_dict`` when given); cast to the logits' dtype at each call.
+    ignore_index : int, default -100; targets equal to it contribute nothing and are not counted
+    label_smoothing : float in [0, 1], default 0; mixes the one-hot target with the uniform
+        distribution, ``(1 - s) * one_hot + s / C`` (weighted by ``weight`` as PyTorch does)
     """
 
-    def __init__(self, reduction="mean"):
+    def __init__(self, reduction="mean", *, weight=None, ignore_index=-100, label_smoothing=0.0):
         super().__init__()
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
+        if weight is not None:
+            weight = check_array("weight", weight, ndim=1).copy()
+        self.register_buffer("weight", weight)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+
+    def _options(self, logits):
+        """The keyword options of ``F.cross_entropy`` for ``logits`` (an ndarray)."""
+        weight = self.weight
+        if weight is not None and isinstance(logits, np.ndarray):
+            weight = weight.astype(logits.dtype, copy=False)
+        return {
+            "weight": weight,
+            "ignore_index": self.ignore_index,
+            "label_smoothing": self.label_smoothing,
+        }
 
     def _forward_tensor(self, logits, target):
         if isinstance(target, Tensor):
             target = target.data
         logits = logits if isinstance(logits, Tensor) else Tensor(check_array("logits", logits))
         ld, reduction = logits.data, self.reduction
-        loss = np.asarray(F.cross_entropy(ld, target, reduction), dtype=ld.dtype)
+        options = self._options(ld)
+        loss = np.asarray(F.cross_entropy(ld, target, reduction, **options), dtype=ld.dtype)
 
         def backward(g):
-            return (_scale(F.cross_entropy_backward(ld, target, reduction), g, reduction),)
+            grad = F.cross_entropy_backward(ld, target, reduction, **options)
+            return (_scale(grad, g, reduction),)
 
         return _record(loss, (logits,), backward)
 
     def forward(self, logits, target):
-        loss = F.cross_entropy(logits, target, self.reduction)
-        self._ctx = (logits, target)
+        options = self._options(logits)
+        loss = F.cross_entropy(logits, target, self.reduction, **options)
+        self._ctx = (logits, target, options)
         return loss
 
     def backward(self, grad_out=None):
@@ -54,11 +82,20 @@ class CrossEntropyLoss(Module):
         ``grad_out`` is the upstream gradient of the loss: None means 1; a scalar for "mean"
         and "sum", an (N,) array for "none".
         """
-        grad = F.cross_entropy_backward(*self._saved(), self.reduction)
+        logits, target, options = self._saved()
+        grad = F.cross_entropy_backward(logits, target, self.reduction, **options)
         return grad if grad_out is None else _scale(grad, grad_out, self.reduction)
 
     def extra_repr(self):
-        return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
+        # PyTorch's repr shows no options; fastconv's names those that are not the default.
+        parts = [] if self.reduction == "mean" else [f"reduction={self.reduction!r}"]
+        if self.weight is not None:
+            parts.append(f"weight=<array of shape {self.weight.shape}>")
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing}")
+        return ", ".join(parts)
 
 
 def _scale(grad, grad_out, reduction):
@@ -84,7 +121,7 @@ class MSELoss(Module):
 
     def __init__(self, reduction="mean"):
         super().__init__()
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, input, target):  # noqa: A002 - PyTorch's name
         if isinstance(input, Tensor) or isinstance(target, Tensor):

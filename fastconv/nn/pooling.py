@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fastconv.functional as F
 from fastconv._checks import check_bool, is_int, pair, pool_padding
-from fastconv.autograd.tensor import _record, needs_grad
+from fastconv.autograd.tensor import Tensor, _record, needs_grad
 from fastconv.nn.module import Module
 
 
@@ -25,39 +25,49 @@ class MaxPool2d(Module):
     """Max pooling, as ``torch.nn.MaxPool2d``: (N, C, H, W) -> (N, C, OH, OW).
 
     ``stride=None`` means ``stride=kernel_size``; ``padding`` (implicit -inf) is at most half
-    the kernel size. In training the argmax indices are cached for backward; in eval mode only
-    the values are computed (a backward after an eval forward finds the argmax again).
+    the kernel size. The layer returns ``y``, or ``(y, indices)`` with ``return_indices=True``
+    (int64, shaped like ``y``, each the flat index ``ih * W + iw`` of the max in its input
+    plane, as ``F.max_pool2d`` returns them); in autograd mode ``indices`` is a Tensor that
+    does not require grad, as in PyTorch. Either way ``backward(grad_out)`` takes the gradient
+    of ``y``. In training the argmax indices are cached for backward; in eval mode without
+    ``return_indices`` only the values are computed (a backward after an eval forward finds
+    the argmax again).
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    def __init__(
+        self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False
+    ):
         super().__init__()
         _pool_config(self, kernel_size, stride, padding, ceil_mode)
         pair("dilation", dilation, minimum=1)
         self.dilation = dilation
+        self.return_indices = check_bool("return_indices", return_indices)
 
     def _args(self):
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
 
     def forward(self, x):
-        if self.training:
+        if self.training or self.return_indices:
             y, indices = F.max_pool2d(x, *self._args())
             self._ctx = (indices, x.shape)
-        else:
-            # Inference rarely backpropagates: no int64 index array. x is kept (a reference,
-            # not a copy) because PyTorch allows a backward in eval mode; the argmax is then
-            # found again.
-            y = F._max_pool2d_values(x, *self._args())
-            self._ctx = (x,)
+            return (y, indices) if self.return_indices else y
+        # Inference rarely backpropagates: no int64 index array. x is kept (a reference, not a
+        # copy) because PyTorch allows a backward in eval mode; the argmax is then found again.
+        y = F._max_pool2d_values(x, *self._args())
+        self._ctx = (x,)
         return y
 
     def _forward_tensor(self, x):
-        if not needs_grad(x):  # inference: no int64 index array, as in eval's layer mode
+        if not needs_grad(x) and not self.return_indices:
+            # inference: no int64 index array, as in eval's layer mode
             return _record(F._max_pool2d_values(x.data, *self._args()), (x,), None)
         y, indices = F.max_pool2d(x.data, *self._args())
         shape = x.shape
-        return _record(y, (x,), lambda g: (F._max_pool2d_backward_trusted(g, indices, shape),))
+        out = _record(y, (x,), lambda g: (F._max_pool2d_backward_trusted(g, indices, shape),))
+        return (out, Tensor(indices)) if self.return_indices else out
 
     def backward(self, grad_out):
+        """Gradient with respect to the input, given the gradient of ``y`` (N, C, OH, OW)."""
         ctx = self._saved()
         if len(ctx) == 1:  # after an eval forward
             (x,) = ctx
@@ -66,9 +76,11 @@ class MaxPool2d(Module):
         return F._max_pool2d_backward_trusted(grad_out, *ctx)
 
     def extra_repr(self):
+        # PyTorch's repr leaves return_indices out; fastconv shows it when it is set.
+        indices = ", return_indices=True" if self.return_indices else ""
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}{indices}"
         )
 
 

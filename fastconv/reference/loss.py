@@ -59,46 +59,84 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def cross_entropy(logits, target, reduction="mean"):
+def _target_distribution(target_n, n_classes, weight, label_smoothing):
+    """The weighted target of one sample: ``coef[c]`` with ``loss = -sum_c coef[c] log p[c]``.
+
+    PyTorch's label smoothing spreads ``s`` uniformly over the classes and keeps ``1 - s`` on
+    the target; with class weights each class's share is scaled by its weight.
+    """
+    w = np.ones(n_classes) if weight is None else weight.astype(np.float64)
+    coef = np.full(n_classes, label_smoothing / n_classes) * w
+    coef[target_n] += (1 - label_smoothing) * w[target_n]
+    return coef
+
+
+def cross_entropy(
+    logits, target, reduction="mean", *, weight=None, ignore_index=-100, label_smoothing=0.0
+):
     """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
     Parameters
     ----------
     logits : (N, C) unnormalised scores
-    target : (N,) int class indices in [0, C)
+    target : (N,) int class indices in [0, C), or ``ignore_index`` for a row to skip
     reduction : "mean" | "sum" | "none"
+    weight : (C,) class weights or None (all 1)
+    ignore_index : rows with this target add 0 and are not counted
+    label_smoothing : s in [0, 1]; the target becomes ``(1 - s) * one_hot + s / C``
 
     Returns
     -------
-    loss : Python float for "mean"/"sum" (NaN for a mean over N = 0, as PyTorch), else an (N,)
-        array of per-sample losses ``-log_softmax(logits)[n, target[n]]``
+    loss : Python float for "mean"/"sum", else an (N,) array of per-sample losses. "mean"
+        divides by the summed weight of the kept targets (their count without ``weight``):
+        NaN if that is 0 (no row kept, or N = 0), as PyTorch.
     """
     _check_reduction(reduction)
-    n_batch = logits.shape[0]
-    losses = -log_softmax(logits, axis=1)[np.arange(n_batch), target]
+    n_batch, n_classes = logits.shape
+    logp = log_softmax(logits, axis=1)
+    losses = np.zeros(n_batch, logits.dtype)
+    divisor = 0.0
+    for n in range(n_batch):
+        if target[n] == ignore_index:
+            continue
+        coef = _target_distribution(target[n], n_classes, weight, label_smoothing)
+        losses[n] = -(coef * logp[n]).sum()
+        divisor += 1.0 if weight is None else float(weight[target[n]])
     if reduction == "none":
         return losses
     if reduction == "sum":
         return float(losses.sum())
-    return float(losses.sum() / n_batch) if n_batch else float("nan")
+    return float(losses.sum() / divisor) if divisor else float("nan")
 
 
-def cross_entropy_backward(logits, target, reduction="mean"):
-    """Gradient of ``cross_entropy`` with respect to ``logits``.
+def cross_entropy_backward(
+    logits, target, reduction="mean", *, weight=None, ignore_index=-100, label_smoothing=0.0
+):
+    """Gradient of ``cross_entropy`` (same arguments) with respect to ``logits``.
 
-    For one sample ``d(-log softmax(z)[t]) / dz = softmax(z) - one_hot(t)``. For "none" each
-    row is the gradient of its own loss (i.e. of the sum of the per-sample losses).
+    For one sample ``d(-sum_c coef[c] log softmax(z)[c]) / dz = sum(coef) * softmax(z) - coef``
+    (``coef = one_hot(t)`` in the plain case). Ignored rows get 0. For "none" each row is the
+    gradient of its own loss; for "mean" the kept rows are divided by the divisor (NaN if it
+    is 0, as PyTorch).
 
     Returns
     -------
     grad_logits : (N, C)
     """
     _check_reduction(reduction)
-    n_batch = logits.shape[0]
-    grad = softmax(logits, axis=1)
-    grad[np.arange(n_batch), target] -= 1
-    if reduction == "mean" and n_batch:
-        grad /= n_batch
+    n_batch, n_classes = logits.shape
+    p = softmax(logits, axis=1)
+    grad = np.zeros_like(p)
+    kept, divisor = [], 0.0
+    for n in range(n_batch):
+        if target[n] == ignore_index:
+            continue
+        coef = _target_distribution(target[n], n_classes, weight, label_smoothing)
+        grad[n] = coef.sum() * p[n] - coef
+        kept.append(n)
+        divisor += 1.0 if weight is None else float(weight[target[n]])
+    if reduction == "mean" and kept:
+        grad[kept] = grad[kept] / divisor if divisor else np.nan
     return grad
 
 
