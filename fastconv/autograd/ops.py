@@ -36,14 +36,14 @@ def add(a, b):
     def backward(g):
         return unbroadcast(g, a.shape), unbroadcast(g, b.shape)
 
-    return _record(a.data + b.data, (a, b), backward)
+    return _record(a.data + b.data, (a, b), backward, ("add", {}))
 
 
 def sub(a, b):
     def backward(g):
         return unbroadcast(g, a.shape), (unbroadcast(-g, b.shape) if b._rg else None)
 
-    return _record(a.data - b.data, (a, b), backward)
+    return _record(a.data - b.data, (a, b), backward, ("sub", {}))
 
 
 def mul(a, b):
@@ -55,7 +55,7 @@ def mul(a, b):
             unbroadcast(g * da, db.shape) if b._rg else None,
         )
 
-    return _record(da * db, (a, b), backward)
+    return _record(da * db, (a, b), backward, ("mul", {}))
 
 
 def div(a, b):
@@ -66,11 +66,11 @@ def div(a, b):
         gb = unbroadcast(-ga * da / db, db.shape) if b._rg else None
         return unbroadcast(ga, da.shape) if a._rg else None, gb
 
-    return _record(da / db, (a, b), backward)
+    return _record(da / db, (a, b), backward, ("div", {}))
 
 
 def neg(x):
-    return _record(-x.data, (x,), lambda g: (-g,))
+    return _record(-x.data, (x,), lambda g: (-g,), ("neg", {}))
 
 
 def power(x, exponent):
@@ -79,7 +79,7 @@ def power(x, exponent):
         raise TypeError(f"exponent must be a real number, got {type(exponent).__name__}")
     d = x.data
     p = d.dtype.type(exponent) if d.dtype.kind == "f" else exponent
-    return _record(d**p, (x,), lambda g: (g * p * d ** (p - 1),))
+    return _record(d**p, (x,), lambda g: (g * p * d ** (p - 1),), ("pow", {"exponent": p}))
 
 
 def matmul(a, b):
@@ -108,7 +108,7 @@ def matmul(a, b):
         gb = unbroadcast(A.swapaxes(-1, -2) @ g, B.shape).reshape(b.shape) if b._rg else None
         return ga, gb
 
-    return _record(y, (a, b), backward)
+    return _record(y, (a, b), backward, ("matmul", {}))
 
 
 # ---- reductions -----------------------------------------------------------------------------
@@ -133,7 +133,8 @@ def sum(x, dim=None, keepdim=False):  # noqa: A001 - PyTorch's name
     def backward(g):
         return (np.broadcast_to(g if keepdim else np.expand_dims(g, axes), shape),)
 
-    return _record(x.data.sum(axis=axes, keepdims=keepdim), (x,), backward)
+    y = x.data.sum(axis=axes, keepdims=keepdim)
+    return _record(y, (x,), backward, ("sum", {"dims": axes, "keepdim": keepdim}))
 
 
 def mean(x, dim=None, keepdim=False):
@@ -144,7 +145,8 @@ def mean(x, dim=None, keepdim=False):
         g = g / g.dtype.type(count)
         return (np.broadcast_to(g if keepdim else np.expand_dims(g, axes), shape),)
 
-    return _record(x.data.mean(axis=axes, keepdims=keepdim), (x,), backward)
+    y = x.data.mean(axis=axes, keepdims=keepdim)
+    return _record(y, (x,), backward, ("mean", {"dims": axes, "keepdim": keepdim}))
 
 
 # ---- shapes and indexing --------------------------------------------------------------------
@@ -157,7 +159,7 @@ def reshape(x, *shape):
     except (ValueError, TypeError):
         raise ValueError(f"shape {shape} is invalid for a Tensor of shape {x.shape}") from None
     old = x.shape
-    return _record(y, (x,), lambda g: (g.reshape(old),))
+    return _record(y, (x,), lambda g: (g.reshape(old),), ("reshape", {"shape": shape}))
 
 
 def flatten(x, start_dim=0, end_dim=-1):
@@ -171,7 +173,10 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 def transpose(x, dim0, dim1):
     d0, d1 = _dims(x, dim0, "dim0")[0], _dims(x, dim1, "dim1")[0]
-    return _record(x.data.swapaxes(d0, d1), (x,), lambda g: (g.swapaxes(d0, d1),))
+    dims = list(range(x.ndim))
+    dims[d0], dims[d1] = d1, d0
+    y = x.data.swapaxes(d0, d1)
+    return _record(y, (x,), lambda g: (g.swapaxes(d0, d1),), ("permute", {"dims": tuple(dims)}))
 
 
 def permute(x, *dims):
@@ -180,7 +185,8 @@ def permute(x, *dims):
         raise ValueError(f"dims must be a permutation of 0..{x.ndim - 1}, got {dims}")
     dims = tuple(int(d) % x.ndim for d in dims)
     inverse = tuple(np.argsort(dims))
-    return _record(x.data.transpose(dims), (x,), lambda g: (g.transpose(inverse),))
+    y = x.data.transpose(dims)
+    return _record(y, (x,), lambda g: (g.transpose(inverse),), ("permute", {"dims": dims}))
 
 
 def _is_basic(index):
@@ -206,7 +212,7 @@ def getitem(x, index):
             np.add.at(grad, index, g)
         return (grad,)
 
-    return _record(y, (x,), backward)
+    return _record(y, (x,), backward, ("getitem", {"index": index}))
 
 
 # ---- elementwise functions ------------------------------------------------------------------
@@ -214,41 +220,49 @@ def getitem(x, index):
 
 def exp(x):
     y = np.exp(x.data)
-    return _record(y, (x,), lambda g: (g * y,))
+    return _record(y, (x,), lambda g: (g * y,), ("exp", {}))
 
 
 def log(x):
     d = x.data
-    return _record(np.log(d), (x,), lambda g: (g / d,))
+    return _record(np.log(d), (x,), lambda g: (g / d,), ("log", {}))
 
 
 def relu(x):
     d = x.data
-    return _record(F.relu(d), (x,), lambda g: (F.relu_backward(g, d),))
+    return _record(F.relu(d), (x,), lambda g: (F.relu_backward(g, d),), ("relu", {}))
 
 
 def sigmoid(x):
     y = F.sigmoid(x.data)
-    return _record(y, (x,), lambda g: (F._sigmoid_backward_from_output(g, y),))
+    return _record(y, (x,), lambda g: (F._sigmoid_backward_from_output(g, y),), ("sigmoid", {}))
 
 
 def tanh(x):
     y = F.tanh(x.data)
-    return _record(y, (x,), lambda g: (F._tanh_backward_from_output(g, y),))
+    return _record(y, (x,), lambda g: (F._tanh_backward_from_output(g, y),), ("tanh", {}))
 
 
 def softmax(x, dim):
     axis = _dims(x, dim)[0]
     y = F.softmax(x.data, axis)
+
     # The vector-Jacobian product of softmax: y * (g - sum(g * y)).
-    return _record(y, (x,), lambda g: (y * (g - (g * y).sum(axis=axis, keepdims=True)),))
+    def backward(g):
+        return (y * (g - (g * y).sum(axis=axis, keepdims=True)),)
+
+    return _record(y, (x,), backward, ("softmax", {"dim": axis}))
 
 
 def log_softmax(x, dim):
     axis = _dims(x, dim)[0]
     y = F.log_softmax(x.data, axis)
+
     # The vector-Jacobian product of log_softmax: g - softmax(x) * sum(g).
-    return _record(y, (x,), lambda g: (g - np.exp(y) * g.sum(axis=axis, keepdims=True),))
+    def backward(g):
+        return (g - np.exp(y) * g.sum(axis=axis, keepdims=True),)
+
+    return _record(y, (x,), backward, ("log_softmax", {"dim": axis}))
 
 
 # ---- joining --------------------------------------------------------------------------------
@@ -278,7 +292,7 @@ def cat(tensors, dim=0):
         shapes = ", ".join(str(t.shape) for t in tensors)
         raise ValueError(f"tensors must match except in dim {dim}, got shapes {shapes}") from None
     ends = np.cumsum([t.shape[axis] for t in tensors])[:-1]
-    return _record(y, tensors, lambda g: np.split(g, ends, axis=axis))
+    return _record(y, tensors, lambda g: np.split(g, ends, axis=axis), ("cat", {"dim": axis}))
 
 
 def stack(tensors, dim=0):
@@ -292,7 +306,11 @@ def stack(tensors, dim=0):
         shapes = ", ".join(str(t.shape) for t in tensors)
         raise ValueError(f"tensors must all have the same shape, got {shapes}")
     y = np.stack([t.data for t in tensors], axis=axis)
-    return _record(y, tensors, lambda g: [g.take(i, axis=axis) for i in range(len(tensors))])
+
+    def backward(g):
+        return [g.take(i, axis=axis) for i in range(len(tensors))]
+
+    return _record(y, tensors, backward, ("stack", {"dim": axis}))
 
 
 # ---- binding to Tensor ----------------------------------------------------------------------

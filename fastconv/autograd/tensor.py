@@ -266,10 +266,14 @@ def _accumulate(param, grad, kept=None):
         kept.add(id(param.grad))
 
 
-def _record(data, parents, backward):
+def _record(data, parents, backward, op=None):
     """The result of an operation: a Tensor holding ``data`` that, if grad mode is on and a
     parent requires grad, is a graph node whose ``backward(grad)`` returns one gradient per
-    parent. Otherwise ``backward`` (and what it saved) is dropped here."""
+    parent. Otherwise ``backward`` (and what it saved) is dropped here.
+
+    ``op``: ``(name, attributes)`` of the operation (``("cat", {"dim": 1})``), for a tracer
+    (``fastconv.onnx``), which is told of every result while it runs a model, in any grad mode.
+    """
     out = Tensor.__new__(Tensor)
     out.data = data if type(data) is np.ndarray else np.asarray(data)
     out.grad = None
@@ -277,7 +281,18 @@ def _record(data, parents, backward):
         out._rg, out._parents, out._backward = True, parents, backward
     else:
         out._rg, out._parents, out._backward = False, (), None
+    if _TRACING.tracer is not None:
+        _TRACING.tracer.record(out, parents, op, backward)
     return out
+
+
+class _Tracing(threading.local):
+    # The tracer of ``fastconv.onnx.export`` while it runs a model in this thread, else None.
+    # It sees each ``_record`` and each module called on a Tensor (``Module.__call__``).
+    tracer = None
+
+
+_TRACING = _Tracing()
 
 
 def needs_grad(*tensors):

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastconv._checks import FLOAT_DTYPES, check_bool, float_dtype
-from fastconv.autograd.tensor import Tensor, is_grad_enabled
+from fastconv.autograd.tensor import _TRACING, Tensor, is_grad_enabled
 from fastconv.autograd.tensor import _accumulate as _accumulate  # its home before autograd
 
 
@@ -379,6 +379,8 @@ class Module:
         ``backward()``), layer mode otherwise (arrays in and out, ``module.backward``)."""
         for a in args:
             if isinstance(a, Tensor):
+                if _TRACING.tracer is not None:  # fastconv.onnx is exporting the model
+                    return _TRACING.tracer.call(self, args, kwargs)
                 return self._forward_tensor(*args, **kwargs)
         if is_grad_enabled():  # a forward a backward may follow: counted until that backward
             object.__setattr__(self, "_runs", self._runs + 1)
