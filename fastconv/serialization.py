@@ -1,10 +1,15 @@
-"""Save and load state dicts (a module's, an optimizer's, or a plain dict of arrays) as ``.npz``.
+"""Save and load state dicts (a module's, an optimizer's, or a plain dict of arrays).
+
+The format follows the file name: ``.safetensors`` (any case) is the format PyTorch users
+export to (``safetensors.torch.save_file``), read and written by ``fastconv._safetensors``
+without any extra package; every other name is an ``.npz`` archive.
 
 ``save`` writes atomically: the archive goes to a temporary file in the target's directory,
 which is flushed, fsynced and then renamed over the target, so a crash or an error mid-save
 leaves the previous file intact. The training loop (``fastconv.training``) writes its JSON and
-PNG files through the same writer. ``load`` reads with ``allow_pickle=False``, so a file
-holding object arrays is refused instead of running arbitrary code.
+PNG files through the same writer. ``load`` reads ``.npz`` with ``allow_pickle=False``, so a
+file holding object arrays is refused instead of running arbitrary code; ``.safetensors`` holds
+no code at all.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import zlib
 from collections.abc import Mapping
 
 import numpy as np
+
+from fastconv import _safetensors
 
 __all__ = ["save", "load"]
 
@@ -142,44 +149,65 @@ def _state_arrays(obj):
     return arrays
 
 
+def _is_safetensors(path):
+    """True if ``path`` (str, bytes or PathLike) names a ``.safetensors`` file (any case)."""
+    return os.fsdecode(path).lower().endswith(".safetensors")
+
+
 def save(obj, path):
-    """Write a state dict to ``path`` as an ``.npz`` archive, atomically.
+    """Write a state dict to ``path`` atomically: ``.safetensors`` by suffix, else ``.npz``.
 
     Parameters
     ----------
     obj : fastconv.nn.Module, fastconv.optim.Optimizer or dict of str to array
         A module or optimizer (its ``state_dict()`` is written) or a state dict itself.
-        Numbers become 0-d arrays.
+        Numbers become 0-d arrays (a 0-d tensor, shape ``[]``, in ``.safetensors``).
     path : str or os.PathLike
-        The exact file name written (no ``.npz`` is appended). An existing file is replaced
-        only once the new one is completely on disk; if saving fails it is left untouched and
-        the temporary file is removed.
+        The exact file name written (no suffix is appended). A name ending in
+        ``.safetensors`` (any case) gets the safetensors format, which
+        ``safetensors.torch.load_file`` reads; any other name an ``.npz`` archive. An existing
+        file is replaced only once the new one is completely on disk; if saving fails it is
+        left untouched and the temporary file is removed.
 
     Raises
     ------
     TypeError
         If ``obj`` is neither, a key is not a str, or a value is not numeric (object arrays
-        would need pickle); nothing is written then.
+        would need pickle); for ``.safetensors`` also a dtype that format has no code for
+        (complex, float128, strings). Nothing is written then.
+    ValueError
+        For ``.safetensors``, a key ``"__metadata__"`` (the format reserves it).
 
     Notes
     -----
-    Read it back with :func:`load`, or with ``np.load(path)`` as a mapping of key to array.
+    Read it back with :func:`load`; an ``.npz`` also with ``np.load(path)``, a
+    ``.safetensors`` with ``safetensors.numpy.load_file`` or ``safetensors.torch.load_file``.
+    The ``.safetensors`` header carries ``{"format": "pt"}`` as metadata, which Hugging Face
+    ``transformers`` asks of PyTorch weights (``safetensors`` itself asks nothing); its data
+    are laid out largest item size first, so every tensor is aligned.
     """
     arrays = _state_arrays(obj)
-    _write_atomically(path, lambda f: _write_npz(f, arrays))
+    if _is_safetensors(path):
+        header, data = _safetensors.encode(arrays, metadata={"format": "pt"})
+        _write_atomically(path, lambda f: _safetensors.write(f, header, data))
+    else:
+        _write_atomically(path, lambda f: _write_npz(f, arrays))
 
 
 def load(module=None, path=None, strict=True):
     """Read a state dict saved by :func:`save`; load it into ``module`` if one is given.
 
     ``load(path)`` returns the state dict; ``load(module, path)`` loads it into ``module`` in
-    place, as ``module.load_state_dict`` does.
+    place, as ``module.load_state_dict`` does. A name ending in ``.safetensors`` (any case) is
+    read as safetensors (e.g. ``safetensors.torch.save_file(torch_model.state_dict(), path)``),
+    any other as ``.npz``; neither needs PyTorch or the ``safetensors`` package.
 
     Parameters
     ----------
     module : fastconv.nn.Module or fastconv.optim.Optimizer, optional
         Anything with ``load_state_dict``. When it is omitted, the first argument is the path.
     path : str or os.PathLike
+        An ``.npz`` archive or a ``.safetensors`` file (by suffix).
     strict : bool
         As in ``Module.load_state_dict``: missing or unexpected keys are errors when True.
 
@@ -187,6 +215,8 @@ def load(module=None, path=None, strict=True):
     -------
     dict of str to numpy.ndarray, or IncompatibleKeys
         ``load(path)``: the state dict, in the order it was saved (numbers as 0-d arrays).
+        From ``.safetensors``, ``BF16`` tensors are widened to float32 (exactly: NumPy has no
+        bfloat16) and the other dtypes kept; the order is the header's.
         ``load(module, path)``: what ``module.load_state_dict`` returns; for a module,
         ``(missing_keys, unexpected_keys)``.
 
@@ -199,16 +229,23 @@ def load(module=None, path=None, strict=True):
         refused without blocking), empty, not an ``.npz`` archive, truncated or corrupt, a
         member whose header is not a numeric ``.npy`` header (object arrays need pickle) or
         promises more data than the archive holds, data beyond the header's promise, or a
-        missing, unexpected or mis-shaped key. The message names the file (and the key).
+        missing, unexpected or mis-shaped key. For ``.safetensors``: a header longer than
+        100 MB or than the file, a header that is not a JSON object of valid entries (a known
+        dtype, a shape of ints >= 0, offsets matching the shape's size) or repeats a key, or
+        tensors that do not cover the data exactly (gaps, overlaps, truncation, trailing
+        bytes). The message names the file (and the key).
     TypeError
         If an array cannot be cast to its parameter's dtype.
 
     Notes
     -----
-    Each member's header is read first and, with a ``module``, its shape compared with the
-    module's before any data are read; data are read in bounded chunks into an array of the
-    header's size, so a compressed member never inflates beyond what its header promises.
-    Nothing is loaded into ``module`` unless the whole file reads and fits.
+    Each ``.npz`` member's header is read first and, with a ``module``, its shape compared with
+    the module's before any data are read; data are read in bounded chunks into an array of the
+    header's size, so a compressed member never inflates beyond what its header promises. A
+    ``.safetensors`` header is validated whole, against the file's size and the module's
+    shapes, before any tensor is read, so no file costs more memory than its own size (a
+    ``BF16`` tensor becomes float32, twice its size in the file). Nothing is loaded into
+    ``module`` unless the whole file reads and fits.
     """
     if path is None:
         if module is None or callable(getattr(module, "load_state_dict", None)):
@@ -219,7 +256,10 @@ def load(module=None, path=None, strict=True):
     expected = None
     if module is not None:
         expected = {key: np.shape(value) for key, value in module.state_dict().items()}
-    state = _read_npz(path, expected)
+    if _is_safetensors(path):
+        state = _read_safetensors(path, expected)
+    else:
+        state = _read_npz(path, expected)
     if module is None:
         return state
     try:
@@ -295,6 +335,12 @@ def _read_npz(path, expected=None):
             ) from e
         except (NotImplementedError, zlib.error) as e:  # unknown compression, bad deflate data
             raise ValueError(f"{name} is not a readable .npz archive: {e}") from e
+
+
+def _read_safetensors(path, expected=None):
+    """Every tensor of the ``.safetensors`` file ``path``; see ``fastconv._safetensors.read``."""
+    with open_regular_file(path, "expected a .safetensors file") as f:
+        return _safetensors.read(f, os.fstat(f.fileno()).st_size, repr(path), expected)
 
 
 def _read_members(archive, name, expected, file_size):
