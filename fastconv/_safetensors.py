@@ -156,6 +156,15 @@ def _read_tensor(file, code, shape, nbytes, where):
     return raw.astype(raw.dtype.newbyteorder("="), copy=False)  # native order
 
 
+def looks_like(head, file_size):
+    """True if ``head``, a file's first 9 bytes, starts a ``.safetensors`` file of
+    ``file_size`` bytes (a header length that fits, then ``{``); for a clearer error message."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (size,) = struct.unpack("<Q", head[:8])
+    return size <= min(MAX_HEADER_SIZE, file_size - 8)
+
+
 def read_header(file, file_size, name):
     """Read and validate the header of the open ``file`` (positioned at its start).
 

@@ -314,16 +314,21 @@ def _read_npz(path, expected=None):
     """
     name = repr(path)
     with open_regular_file(path, "expected a fastconv checkpoint (.npz archive)") as f:
-        head = f.read(len(_NPY_MAGIC))
+        head = f.read(9)
         if not head:
             raise ValueError(f"{name} is empty, not a fastconv checkpoint (.npz archive)")
-        if head == _NPY_MAGIC:
+        if head.startswith(_NPY_MAGIC):
             raise ValueError(
                 f"{name} is not a fastconv checkpoint: it holds a single array, "
                 "not an .npz archive of named arrays"
             )
         f.seek(0)
         file_size = os.fstat(f.fileno()).st_size
+        if _safetensors.looks_like(head, file_size):  # the format is chosen by name only
+            raise ValueError(
+                f"{name} is a .safetensors file, not an .npz archive: load it under a name "
+                "ending in .safetensors"
+            )
         try:
             with zipfile.ZipFile(f) as archive:
                 return _read_members(archive, name, expected, file_size)

@@ -133,6 +133,17 @@ def test_format_follows_the_suffix_in_any_case(tmp_path):
         _assert_same_state(fastconv.load(tmp_path / name), state)
 
 
+def test_a_file_under_the_other_formats_name_is_refused_with_the_reason(tmp_path):
+    fastconv.save({"a": np.ones(2)}, tmp_path / "m.safetensors")
+    os.replace(tmp_path / "m.safetensors", tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="m.npz' is a .safetensors file, not an .npz archive"):
+        fastconv.load(tmp_path / "m.npz")
+    fastconv.save({"a": np.ones(2)}, tmp_path / "n.npz")
+    os.replace(tmp_path / "n.npz", tmp_path / "n.safetensors")
+    with pytest.raises(ValueError, match="n.safetensors' is an .npz archive"):
+        fastconv.load(tmp_path / "n.safetensors")
+
+
 def test_header_layout_aligns_every_tensor(tmp_path):
     fastconv.save(_dtype_zoo(), tmp_path / "zoo.safetensors")
     data = (tmp_path / "zoo.safetensors").read_bytes()
@@ -173,7 +184,7 @@ def test_the_safetensors_package_reads_our_files_and_we_read_its(tmp_path):
     st = pytest.importorskip("safetensors.numpy", reason="the safetensors package is the oracle")
     from safetensors import safe_open
 
-    zoo = _dtype_zoo()
+    zoo = {**_dtype_zoo(), "blöck.wéight ☃": np.arange(3.0)}  # keys are UTF-8 in the header
     fastconv.save(zoo, tmp_path / "ours.safetensors")
     theirs = st.load_file(tmp_path / "ours.safetensors")
     assert sorted(theirs) == sorted(zoo)
