@@ -58,6 +58,12 @@ def _check_ce_args(logits, target, reduction, weight, ignore_index, label_smooth
 
 def check_reduction(reduction):
     """``reduction`` if it is "mean", "sum" or "none" (the losses' shared rule)."""
+    if not isinstance(reduction, str):
+        # CrossEntropyLoss(weight) as written for PyTorch lands here: say where weight goes.
+        hint = " (pass class weights as weight=...)" if isinstance(reduction, np.ndarray) else ""
+        raise TypeError(
+            f"reduction must be 'mean', 'sum' or 'none', got {type(reduction).__name__}{hint}"
+        )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     return reduction
