@@ -20,6 +20,7 @@ import numpy as np
 
 from fastconv._config import tuning
 from fastconv._conv_plan import workspace
+from fastconv._parallel import parallel_for
 from fastconv._threads import get_num_threads
 from fastconv.kernels.conv_blocked import (
     _conv2d_bwd_weight_blocked,
@@ -27,6 +28,7 @@ from fastconv.kernels.conv_blocked import (
     _conv2d_fwd_pixels,
     _pixels_padded_size,
     _sum_chunks,
+    _weight_grad_prepare,
 )
 
 
@@ -132,9 +134,9 @@ def _run(x, weight, bias, pad, geo, phases, out, tile, xstep):
     taps = max(p[5] * p[7] for p in phases)  # weight taps per channel of the largest phase
     cchunk = max(1, tuning().blocked_weight_chunk_bytes // (nb * max(1, taps) * 64))
     phases = np.array(phases, dtype=np.int64).reshape(-1, 10)
-    _conv2d_fwd_blocked(
-        x, wb, bb, pad, geo, phases, out, gchunk, cchunk,
-        (0,) * nb, (0,) * (tr * tw), (0,) * tw, xstep, scratch,
+    parallel_for(
+        _conv2d_fwd_blocked, N * -(-groups // gchunk), x, wb, bb, pad, geo, phases, out, gchunk,
+        cchunk, (0,) * nb, (0,) * (tr * tw), (0,) * tw, xstep, scratch,
     )  # fmt: skip
     return out
 
@@ -145,7 +147,9 @@ def _pixels(x, weight, bias, pad, taps, out):
     Hs, Ws = _pixels_padded_size(*out.shape[2:], len(_PIXEL_ROWS), nkh, nkw, dh, dw)
     b, scratch = workspace(((out.shape[1],), np.float32), _scratch_spec(x.shape[1] * Hs * Ws + 16))
     b[:] = 0.0 if bias is None else bias
-    _conv2d_fwd_pixels(x, weight, b, tuple(pad), taps, out, _PIXEL_ROWS, scratch)
+    parallel_for(
+        _conv2d_fwd_pixels, x.shape[0], x, weight, b, tuple(pad), taps, out, _PIXEL_ROWS, scratch
+    )
     return out
 
 
@@ -264,9 +268,12 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
         ((N, 16), np.float32),
         ((-(-N // chunk), ob, C, kht, KW, 16), np.float32),
     )
-    _conv2d_bwd_weight_blocked(
-        x, *padding_before, grad_out, xs, gb, bias_part, sums, Hs, Ws, sh, sw, dh, dw, chunk,
-        cgroup, part, (0,) * nb, (0,) * (krows * KW), (0,) * KW,
+    parallel_for(
+        _weight_grad_prepare, N, x, *padding_before, grad_out, xs, gb, bias_part, sums, Hs, Ws
+    )
+    parallel_for(
+        _conv2d_bwd_weight_blocked, part.shape[0] * (ob // nb) * -(-C // cgroup), xs, gb, Hs, Ws,
+        sh, sw, dh, dw, OW, chunk, cgroup, part, (0,) * nb, (0,) * (krows * KW), (0,) * KW,
     )  # fmt: skip
     _sum_chunks(part, bias_part, grad_w, grad_b)
     return grad_w, grad_b

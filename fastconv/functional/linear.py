@@ -6,8 +6,19 @@ import numba
 import numpy as np
 
 from fastconv._checks import check_array
+from fastconv._parallel import parallel_for
 from fastconv._threads import single_threaded_blas
-from fastconv.kernels import matmul as kmatmul
+
+
+def _matmul_chunks(lo, hi, share, a, b, out, T):
+    """out = a @ b for row chunks [lo, hi) of T: one single-threaded BLAS call per chunk.
+    Plain NumPy: ``np.dot`` releases the GIL, so ``parallel_for`` runs the shares in parallel,
+    and there is nothing to compile (a numba kernel of this loop took 1.4 s to compile)."""
+    M = a.shape[0]
+    for t in range(lo, hi):
+        r0, r1 = t * M // T, (t + 1) * M // T
+        if r1 > r0:
+            np.dot(a[r0:r1], b, out=out[r0:r1])
 
 
 def _matmul(a, b):
@@ -20,8 +31,9 @@ def _matmul(a, b):
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    T = numba.config.NUMBA_NUM_THREADS
     with single_threaded_blas():
-        kmatmul._matmul(a, b, out, numba.config.NUMBA_NUM_THREADS)
+        parallel_for(_matmul_chunks, T, a, b, out, T)
     return out
 
 
