@@ -34,12 +34,11 @@ class Builder:
         """An initializer holding ``array``; the same ``name`` given twice (a module called twice)
         is one initializer if the values agree."""
         array = np.ascontiguousarray(array)
-        if name in self.initializers:
-            if np.array_equal(numpy_helper.to_array(self.initializers[name]), array):
-                return name
-            name = self.fresh(name)
-        else:
-            self._used.add(name)
+        if name in self.initializers and np.array_equal(
+            numpy_helper.to_array(self.initializers[name]), array
+        ):
+            return name
+        name = self.fresh(name)
         self.initializers[name] = numpy_helper.from_array(array, name)
         return name
 

@@ -125,9 +125,6 @@ def _pool_pads(xt, yt, kernel, stride, padding, dilation=(1, 1)):
 
 
 def max_pool2d(g, m, x, xt, yt, name):
-    if getattr(m, "return_indices", False):
-        # ONNX's indices count over the whole tensor, PyTorch's within each (H, W) plane.
-        raise _unsupported(name, m, "return_indices=True")
     kernel, stride = pair("kernel_size", m.kernel_size), pair("stride", m.stride)
     padding, dilation = pair("padding", m.padding), pair("dilation", m.dilation)
     return g.node(

@@ -62,6 +62,12 @@ class Tracer:
                 out = module._forward_tensor(*args)
             finally:
                 _TRACING.tracer = self
+            if not isinstance(out, Tensor):
+                raise ValueError(
+                    f"fastconv.onnx.export: module {self.describe(module)} returned a "
+                    f"{type(out).__name__}, not one Tensor; the exported layers have one output "
+                    f"(the module: {module!r})"
+                )
             if out is not args[0]:  # a layer that returns its input adds no node
                 self.nodes.append(Node("module", module, args, out, self.path(module)))
             return out
