@@ -498,3 +498,21 @@ def test_maxpool_argument_order_and_repr_follow_torch():
     # With the default, the pool composes in Sequential.
     net = nn.Sequential(nn.MaxPool2d(2), nn.Flatten())
     assert net(np.zeros((1, 1, 4, 4))).shape == (1, 4)
+
+
+def test_sequential_keeps_relu_before_a_pool_returning_indices(rng):
+    # Sequential runs ReLU after MaxPool2d (same values, less work); with the indices returned
+    # it must not, since in a window of negatives ReLU's zeros change the argmax.
+    x = -_permuted(rng, (1, 2, 4, 4), np.float64) - 1  # every window negative...
+    x[0, 0, 0, 1] = 5.0  # ...but one
+    ours = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2, return_indices=True))
+    theirs = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2, return_indices=True))
+    xt = torch.tensor(x, requires_grad=True)
+    y_t, idx_t = theirs(xt)
+    g = rng.standard_normal(tuple(y_t.shape))
+    y_t.backward(torch.from_numpy(g))
+    for out in (ours(x), ours(Tensor(x))):
+        y, idx = (o.data if isinstance(o, Tensor) else o for o in out)
+        assert_close64(y, y_t)
+        np.testing.assert_array_equal(idx, idx_t.numpy())
+    assert_close64(ours.backward(g), xt.grad)

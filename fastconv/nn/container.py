@@ -60,7 +60,9 @@ class Sequential(Module):
         """
         order = list(self._modules.values())
         for i in range(len(order) - 1):
-            if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2d:
+            pool = order[i + 1]
+            # Not a pool returning indices: the argmax of a window of ReLU's zeros would differ.
+            if type(order[i]) is ReLU and type(pool) is MaxPool2d :
                 order[i], order[i + 1] = order[i + 1], order[i]
         return order
 
