@@ -62,7 +62,7 @@ class Sequential(Module):
         for i in range(len(order) - 1):
             pool = order[i + 1]
             # Not a pool returning indices: the argmax of a window of ReLU's zeros would differ.
-            if type(order[i]) is ReLU and type(pool) is MaxPool2d :
+            if type(order[i]) is ReLU and type(pool) is MaxPool2d and not pool.return_indices:
                 order[i], order[i + 1] = order[i + 1], order[i]
         return order
 
