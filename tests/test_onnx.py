@@ -260,6 +260,22 @@ def test_tensor_operations_match_in_onnxruntime(tmp_path):
     assert {"Concat", "Unsqueeze", "Softmax", "LogSoftmax", "Reshape", "MatMul"} <= _op_types(proto)
 
 
+@pytest.mark.parametrize(
+    "index",
+    [(slice(None), slice(1, 3)), (Ellipsis, slice(None, None, -1)), (slice(None), -1),
+     (slice(None), None, 0, slice(1, None)), (slice(None), slice(-3, None, 2), Ellipsis, 1),
+     (Ellipsis, None), ()],
+    ids=["slice", "reversed", "int_last", "none_int_slice", "steps_ellipsis_int", "new_axis",
+         "empty"],
+)  # fmt: skip
+def test_basic_indexing_matches_in_onnxruntime(index, tmp_path):
+    class Index(nn.Module):
+        def forward(self, x):
+            return x.relu()[index]
+
+    _check_export(Index(), (2, 4, 3, 5), tmp_path)
+
+
 def test_float64(tmp_path):
     """float64 exports; onnxruntime's CPU provider has no float64 Conv, so a conv model is
     checked with onnx's reference evaluator and a conv-free one in onnxruntime."""
@@ -294,7 +310,7 @@ class _LayerModeSquare(nn.Module):
 
 class _Indexing(nn.Module):
     def forward(self, x):
-        return x[:, :2]
+        return x[:, [0, 2]]  # an index list: not basic indexing
 
 
 def _refused(model, shape, tmp_path, error, match):
@@ -311,7 +327,7 @@ def test_module_without_converter_is_named(tmp_path):
 
 def test_operation_without_converter_is_named(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), _Indexing())
-    _refused(model, (2, 4), tmp_path, ValueError, r"'getitem' in module '1'")
+    _refused(model, (2, 4), tmp_path, ValueError, r"'getitem' in module '1': indexing with arr")
 
 
 def test_unused_branch_is_not_exported(tmp_path):
@@ -320,7 +336,7 @@ def test_unused_branch_is_not_exported(tmp_path):
 
     class Dropped(nn.Module):
         def forward(self, x):
-            x[:, :1]  # computed and dropped
+            x[:, [0]]  # computed and dropped
             return x.relu()
 
     _check_export(Dropped(), (2, 3), tmp_path)

@@ -36,9 +36,13 @@ def export(model, example_input, path, opset=None):
     Tensor operations, as ``models.Inception`` with ``fastconv.cat``) is traced through. The
     input's axis 0 is the symbolic batch ``"N"``: the file runs any batch size.
 
-    Like any trace, this records what the example computed: Python control flow that depends
-    on the input's values, and sizes computed from the batch size other than keeping axis 0
-    of a ``reshape``, are frozen at the example's.
+    Tensor operations exported: ``+ - * / **``, unary ``-``, ``@``, ``sum``, ``mean``,
+    ``reshape``/``view``/``flatten``, ``transpose``, ``permute``, basic indexing (ints, slices,
+    None, ``...``), ``exp``, ``log``, ``relu``, ``sigmoid``, ``tanh``, ``softmax``,
+    ``log_softmax``, ``fastconv.cat`` and ``fastconv.stack``. Like any trace, this records what
+    the example computed: Python control flow that depends on the input's values, values
+    computed with NumPy from a Tensor's ``.data`` (they become constants), and sizes computed
+    from the batch size other than keeping axis 0 of a ``reshape``, are frozen at the example's.
 
     Parameters
     ----------
@@ -131,13 +135,19 @@ def _build(model, tracer, x, out, opset, batch):
             op, attrs = node.what
             convert = _ops.CONVERTERS.get(op) if attrs is not None else None
             if convert is None:
-                where = f"module {node.where!r}" if node.where else "the model's forward"
                 raise ValueError(
-                    f"fastconv.onnx.export: the operation {op!r} in {where} has no ONNX converter "
+                    f"fastconv.onnx.export: the operation {op!r} in {_site(node)} has no ONNX "
+                    "converter "
                     f"(supported Tensor operations: {', '.join(sorted(_ops.CONVERTERS))})"
                 )
             name = f"{node.where}.{op}" if node.where else op
-            result = convert(g, attrs, inputs, node.inputs, node.output, name)
+            try:
+                result = convert(g, attrs, inputs, node.inputs, node.output, name)
+            except _ops.Unsupported as e:
+                raise ValueError(
+                    f"fastconv.onnx.export: the operation {op!r} in {_site(node)}: {e} has no "
+                    "ONNX converter"
+                ) from None
         names[id(node.output)] = result
 
     if id(out) not in names or not _depends_on(out, x, producers):
@@ -154,6 +164,10 @@ def _build(model, tracer, x, out, opset, batch):
         [value_info("output", out.data, batch)],
         initializer=list(g.initializers.values()),
     )
+
+
+def _site(node):
+    return f"module {node.where!r}" if node.where else "the model's forward"
 
 
 def _depends_on(out, x, producers):
