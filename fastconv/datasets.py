@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv._checks import check_bool, generator, is_int
+from fastconv._checks import check_bool, generator, is_int, positive_int
 from fastconv.serialization import open_regular_file
 
 __all__ = ["DataLoader", "DatasetNotFoundError", "fashion_mnist", "load_idx", "mnist"]
@@ -446,13 +446,23 @@ class DataLoader:
         advances), a new one seeded with the int, or with None a fresh unseeded one. The same
         seed gives the same sequence of epochs. ``rng.bit_generator.state`` is a JSON-able dict,
         so a training script can save and restore it to resume the exact sequence.
+    rank, world_size : int, optional
+        Data-parallel sharding (both or neither; see ``fastconv.distributed``). ``batch_size``
+        stays the **global** batch: every rank draws the same permutation (give every rank the
+        same ``seed``) and takes its slice of each global batch, the ``rank``-th of
+        ``world_size`` contiguous slices whose sizes differ by one at most (as
+        ``numpy.array_split``). Every rank has ``len(loader)`` batches, the global batches of
+        one process, and the slices of a batch are disjoint and cover it; a short last batch
+        may leave a rank an empty slice. Needs ``batch_size >= world_size``.
 
     Notes
     -----
     Shuffled batches are copies (fancy indexing); unshuffled ones are views of ``x`` and ``y``.
     """
 
-    def __init__(self, x, y, batch_size, shuffle=True, drop_last=False, seed=None):
+    def __init__(
+        self, x, y, batch_size, shuffle=True, drop_last=False, seed=None, rank=None, world_size=None
+    ):
         # ValueError for every bad batch_size, not positive_int's TypeError, as PyTorch does.
         if not is_int(batch_size) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -473,19 +483,53 @@ class DataLoader:
         # the stream that initialises the weights.
         fresh = np.random.default_rng() if seed is None else None
         self.rng = generator(seed, default=fresh, name="seed")
+        self.rank, self.world_size = _shard(rank, world_size, self.batch_size)
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
         n, b = len(self.x), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
+    def _slice(self, start, stop):
+        """This rank's part ``[lo, hi)`` of the global batch ``[start, stop)``."""
+        if self.world_size == 1:
+            return start, stop
+        size, parts = stop - start, self.world_size
+        # numpy.array_split's rule: the first size % parts slices get one more element.
+        small, extra = divmod(size, parts)
+        lo = start + self.rank * small + min(self.rank, extra)
+        return lo, lo + small + (self.rank < extra)
+
     def __iter__(self):
-        b = self.batch_size
+        b, n = self.batch_size, len(self.x)
         if self.shuffle:
-            order = self.rng.permutation(len(self.x))
+            order = self.rng.permutation(n)
             for i in range(len(self)):
-                idx = order[i * b : (i + 1) * b]
+                lo, hi = self._slice(i * b, min((i + 1) * b, n))
+                idx = order[lo:hi]
                 yield self.x[idx], self.y[idx]
         else:
             for i in range(len(self)):
-                yield self.x[i * b : (i + 1) * b], self.y[i * b : (i + 1) * b]
+                lo, hi = self._slice(i * b, min((i + 1) * b, n))
+                yield self.x[lo:hi], self.y[lo:hi]
+
+
+def _shard(rank, world_size, batch_size):
+    """``(rank, world_size)`` checked; ``(0, 1)`` when both are None (no sharding)."""
+    if rank is None and world_size is None:
+        return 0, 1
+    if rank is None or world_size is None:
+        raise ValueError(
+            f"rank and world_size go together: got rank={rank!r}, world_size={world_size!r}"
+        )
+    world_size = positive_int("world_size", world_size)
+    if not is_int(rank):
+        raise TypeError(f"rank must be an int, got {rank!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if batch_size < world_size:
+        raise ValueError(
+            f"batch_size (the global batch) must be at least world_size={world_size}, so that "
+            f"every rank gets samples, got {batch_size}"
+        )
+    return int(rank), world_size

@@ -47,6 +47,7 @@ import numpy as np
 
 from fastconv import nn, optim
 from fastconv._checks import positive_int
+from fastconv._data_parallel import _AgreedInterrupts, _sync_from_root
 from fastconv._jit_notice import announce_compilation
 from fastconv._run_dir import (
     _STATE,
@@ -230,6 +231,35 @@ def train_step(model, criterion, optimizer, x, y):
     return loss, logits
 
 
+def _parallel_step(model, criterion, optimizer, x, y, group, interrupts=None):
+    """One rank's :func:`train_step` in data-parallel training: ``(loss, count, correct)`` of
+    the global batch (every rank's slice), the same on every rank.
+
+    The local slice's mean gradient is averaged over the ranks weighted by the slice's size
+    (``fastconv.distributed.allreduce_gradients``); the loss sum, the correct count and the
+    interrupt flag ride in the same collective. Every rank joins it even if its own loss is not
+    finite (or its slice is empty), and all raise :class:`NonFiniteLossError` together from the
+    summed loss, before the optimizer step.
+    """
+    n = len(y)
+    loss, right = 0.0, 0
+    stop = bool(interrupts is not None and interrupts.local.requested)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        optimizer.zero_grad()
+        if n:  # the last global batch may leave this rank no sample
+            logits = model(x)
+            loss = criterion(logits, y)
+            model._backward_params(criterion.backward())
+            right = int((logits.argmax(axis=1) == y).sum())
+        total, (loss_sum, right, stop) = group.allreduce_step(model, n, (loss * n, right, stop))
+        if interrupts is not None:
+            interrupts.requested = stop > 0
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLossError(f"the training loss became {loss_sum / max(total, 1)}")
+        optimizer.step()
+    return loss_sum / max(total, 1), total, int(right)
+
+
 def train_epoch(
     model,
     loader,
@@ -242,6 +272,8 @@ def train_epoch(
     start=0,
     totals=(0.0, 0, 0),
     after_step=None,
+    distributed=None,
+    interrupts=None,
 ):
     """One pass over ``loader`` in training mode: ``(mean loss, accuracy, seconds, images/s)``.
 
@@ -252,6 +284,11 @@ def train_epoch(
     same batches again, e.g. its generator restored to the epoch's start) and ``totals`` are
     the ``(sum of losses, correct, seen)`` of those batches. ``after_step(step, totals)`` is
     called after every step with the same numbers (it may save or raise).
+
+    ``distributed`` (a ``fastconv.distributed.ProcessGroup``): data-parallel training, each
+    rank on its slice of every batch; the numbers returned and given to ``after_step`` are the
+    global ones (all ranks' samples), the same on every rank. ``interrupts`` (train's): each
+    step's collective also tells every rank whether any rank was asked to stop.
     """
     model.train()
     bar = Progress(len(loader), desc, progress)
@@ -265,12 +302,17 @@ def train_epoch(
             bar.count += 1
         for step, (xb, yb) in enumerate(batches, start + 1):
             try:
-                loss, logits = train_step(model, criterion, optimizer, xb, yb)
+                if distributed is None:
+                    loss, logits = train_step(model, criterion, optimizer, xb, yb)
+                    n, right = len(yb), int((logits.argmax(axis=1) == yb).sum())
+                else:
+                    loss, n, right = _parallel_step(
+                        model, criterion, optimizer, xb, yb, distributed, interrupts
+                    )
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"{e} at step {step}") from None
-            n = len(yb)
             total_loss += loss * n
-            correct += int((logits.argmax(axis=1) == yb).sum())
+            correct += right
             seen += n
             timed += n
             if step_hook is not None:
@@ -289,9 +331,13 @@ def train_epoch(
     return total_loss / max(seen, 1), correct / max(seen, 1), seconds, timed / max(seconds, 1e-9)
 
 
-def evaluate(model, loader):
+def evaluate(model, loader, distributed=None):
     """``(mean cross-entropy loss, accuracy)`` of ``model`` in eval mode over ``loader``'s
-    ``(x, y)`` batches; the model's training flag is restored afterwards."""
+    ``(x, y)`` batches; the model's training flag is restored afterwards.
+
+    With ``distributed`` (a ``fastconv.distributed.ProcessGroup``) the sums are added over the
+    ranks, each evaluating its shard (a ``DataLoader`` with ``rank``/``world_size``), and every
+    rank returns the result over all of them."""
     was_training = model.training
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
@@ -300,6 +346,8 @@ def evaluate(model, loader):
         # no_grad: the layers keep no inputs for a backward, so each activation is freed as soon
         # as the next layer has read it (a batch of 1000 held ~280 MB more without it).
         for xb, yb in loader:
+            if not len(yb):  # a rank's empty slice of a short last batch
+                continue
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"), no_grad():
                 logits = model(xb)
                 total_loss += criterion(logits, yb)
@@ -307,7 +355,9 @@ def evaluate(model, loader):
             seen += len(yb)
     finally:
         model.train(was_training)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    if distributed is not None:
+        total_loss, correct, seen = distributed.allreduce_sum([total_loss, correct, seen])
+    return float(total_loss / max(seen, 1)), float(correct / max(seen, 1))
 
 
 def _is_finite(model):
@@ -325,6 +375,31 @@ def _is_finite(model):
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+
+
+def _open_run(
+    out, resume, overwrite, history, model, optimizer, loader, scheduler, config, title, say
+):
+    """Check (and create) the run directory, resume from it if asked; return the History to
+    continue from. In data-parallel training rank 0 alone calls it."""
+    if resume:
+        if not (out / _STATE).is_file():  # checked first: no directory is created for nothing
+            raise FileNotFoundError(f"no {out / _STATE}, so nothing to resume from")
+        # The directory is checked before the snapshot is loaded into the objects, so a
+        # refused run leaves them as they were.
+        _prepare(out, True, overwrite)
+        history = restore(out, model, optimizer, loader, scheduler)
+        at = f", step {history.step}" if history.step else ""
+        say(f"resumed {out} after epoch {len(history)}{at}")
+    restored = history if isinstance(history, History) else History(history or [])
+    if out is not None:
+        # A history from ``restore`` (even of no finished epoch) continues the run in ``out``.
+        _prepare(out, resume or bool(restored) or restored.step > 0, overwrite)
+        if restored and not restored.step:
+            # The files derived from the snapshot, if a crash came before they were written.
+            saved_config = restored.config if config is None else config
+            _repair_outputs(out, model, list(restored), saved_config, title)
+    return restored
 
 
 def train(
@@ -345,6 +420,7 @@ def train(
     title="",
     progress=True,
     log=print,
+    distributed=None,
 ):
     """Train ``model`` up to epoch ``epochs``, evaluating and checkpointing after each epoch.
 
@@ -383,6 +459,17 @@ def train(
         Show a progress bar per epoch (tqdm if installed).
     log : callable or None
         Called with each line of news (per-epoch results, resume); None for silence.
+    distributed : fastconv.distributed.ProcessGroup, optional
+        Data-parallel training over MPI (``fastconv.distributed.init_process_group()``), every
+        rank calling ``train`` with the same arguments and loaders sharded by ``rank`` and
+        ``world_size`` (``batch_size`` is the global batch). Rank 0 alone reads and writes
+        ``out_dir``, logs and shows progress; before training it sends its model, optimizer,
+        scheduler, loader and dropout streams and history (after ``resume``) to every rank.
+        Each step averages the gradients over the ranks (weighted by their slices, so a network
+        without BatchNorm trains as one process on the global batch, to rounding); after each
+        epoch BatchNorm's running statistics are rank 0's on every rank. The history holds the
+        global figures. The criterion must average (``reduction="mean"``). An error found on
+        rank 0 before training (run directory, resume) is raised on every rank.
 
     Returns
     -------
@@ -408,35 +495,47 @@ def train(
     """
     epochs = positive_int("epochs", epochs)
     save_every = None if save_every is None else positive_int("save_every", save_every)
+    criterion = nn.CrossEntropyLoss() if criterion is None else criterion
+    root = distributed is None or distributed.rank == 0
+    if distributed is not None and getattr(criterion, "reduction", "mean") != "mean":
+        raise ValueError(
+            "distributed training averages the ranks' gradients, so the criterion must "
+            f"average over the batch (reduction='mean'), got {criterion.reduction!r}"
+        )
+    if not root:  # rank 0 alone speaks
+        log, progress = None, False
     say = log if log is not None else (lambda *_: None)
     out = None if out_dir is None else Path(out_dir)
-    if resume:
-        if out is None or history:
-            raise ValueError("resume=True needs out_dir, and no history (it reads it)")
-        if not (out / _STATE).is_file():  # checked first: no directory is created for nothing
-            raise FileNotFoundError(f"no {out / _STATE}, so nothing to resume from")
-        # The directory is checked before the snapshot is loaded into the objects, so a
-        # refused run leaves them as they were.
-        _prepare(out, True, overwrite)
-        history = restore(out, model, optimizer, train_loader, scheduler)
-        at = f", step {history.step}" if history.step else ""
-        say(f"resumed {out} after epoch {len(history)}{at}")
-    restored = history if isinstance(history, History) else History(history or [])
+    if resume and (out is None or history):
+        raise ValueError("resume=True needs out_dir, and no history (it reads it)")
+    try:
+        restored = History()
+        if root:
+            restored = _open_run(
+                out, resume, overwrite, history, model, optimizer, train_loader, scheduler,
+                config, title, say,
+            )  # fmt: skip
+        failure = None
+    except Exception as e:
+        if distributed is None:
+            raise
+        failure = e
+    if distributed is not None:
+        # Rank 0's verdict on the run directory, then its state, on every rank.
+        agreed = distributed.broadcast_object(failure)
+        if agreed is not None:
+            raise failure if failure is not None else agreed
+        restored = _sync_from_root(distributed, model, optimizer, scheduler, train_loader, restored)
     position = (restored.step, restored.totals, restored.loader_state)
     history = list(restored)
-    criterion = nn.CrossEntropyLoss() if criterion is None else criterion
-    if out is not None:
-        # A history from ``restore`` (even of no finished epoch) continues the run in ``out``.
-        _prepare(out, resume or bool(history) or restored.step > 0, overwrite)
-        if history and not restored.step:
-            # The files derived from the snapshot, if a crash came before they were written.
-            saved_config = restored.config if config is None else config
-            _repair_outputs(out, model, history, saved_config, title)
+    write = out if root else None  # the directory this rank writes in
     loader_rng = getattr(train_loader, "rng", None)
 
     # On a new machine the first steps compile the kernels (seconds): say so rather than sit
     # silently at 0%.
     with _Interrupts() as interrupts, announce_compilation(say):
+        # In data-parallel training the ranks stop at the step they agree on.
+        stop = interrupts if distributed is None else _AgreedInterrupts(interrupts)
         for epoch in range(len(history) + 1, epochs + 1):
             step, totals, loader_state = position
             position = (0, (0.0, 0, 0), None)
@@ -447,10 +546,10 @@ def train(
 
             def after_step(step, totals, epoch=epoch, epoch_start=epoch_start):
                 due = save_every is not None and step % save_every == 0
-                if out is not None and (due or interrupts.requested):
+                if write is not None and (due or stop.requested):
                     done = (step, totals, epoch_start)
                     _snapshot(out, model, optimizer, scheduler, history, config, done)
-                if interrupts.requested:
+                if stop.requested:
                     point = f"step {step} of epoch {epoch}"
                     saved = (
                         f"{point} is saved in {out}; continue with resume (--resume)"
@@ -463,7 +562,10 @@ def train(
                 train_loss, train_acc, seconds, speed = train_epoch(
                     model, train_loader, criterion, optimizer, f"epoch {epoch}/{epochs}",
                     progress, start=step, totals=totals, after_step=after_step,
+                    distributed=distributed, interrupts=stop if distributed else None,
                 )  # fmt: skip
+                if distributed is not None:
+                    distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics
                 if not _is_finite(model):
                     raise NonFiniteLossError("the weights became NaN or infinite")
             except NonFiniteLossError as e:
@@ -480,14 +582,14 @@ def train(
             record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
             line = f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.2%}"
             if test_loader is not None:
-                record["test_loss"], record["test_acc"] = evaluate(model, test_loader)
+                record["test_loss"], record["test_acc"] = evaluate(model, test_loader, distributed)
                 line += f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}"
             record.update(seconds=seconds, images_per_s=speed, lr=lr)
             history.append(record)
             say(f"{line} | {seconds:.1f} s, {speed:.0f} img/s")
             if scheduler is not None:
                 scheduler.step()
-            if out is not None:
+            if write is not None:
                 # The snapshot first: once it is on disk the epoch is saved; the other files
                 # are derived from it (and rewritten from it on resume if a crash came first).
                 next_start = loader_rng.bit_generator.state if loader_rng is not None else None
@@ -496,7 +598,7 @@ def train(
                 )
                 if not _write_outputs(out, model, history, config, title) and len(history) == 1:
                     say("note: matplotlib is not installed; curve.png is not written")
-            if interrupts.requested:
+            if stop.requested:
                 where = f"epoch {epoch} is saved in {out}" if out is not None else "nothing saved"
                 raise TrainingInterrupted(f"interrupted after epoch {epoch}: {where}")
     return history
