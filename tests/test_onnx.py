@@ -325,6 +325,14 @@ def test_module_without_converter_is_named(tmp_path):
     _refused(model, (1, 1, 5, 5), tmp_path, TypeError, r"'1\.1' \(_LayerModeSquare\)")
 
 
+def test_subclass_of_a_layer_is_named(tmp_path):
+    class MyConv(nn.Conv2d):
+        pass
+
+    model = nn.Sequential(MyConv(1, 2, 3))
+    _refused(model, (1, 1, 5, 5), tmp_path, TypeError, r"'0' \(MyConv\) subclasses Conv2d")
+
+
 def test_operation_without_converter_is_named(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), _Indexing())
     _refused(model, (2, 4), tmp_path, ValueError, r"'getitem' in module '1': indexing with arr")

@@ -19,7 +19,7 @@ class Builder:
         self.batch = batch
         self.nodes = []
         self.initializers = {}  # name -> TensorProto
-        self._used = set()
+        self._used = {"input", "output"}  # the graph's input and output
 
     def fresh(self, hint):
         """A value or node name not used yet, built from ``hint``."""

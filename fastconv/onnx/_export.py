@@ -106,7 +106,7 @@ def _build(model, tracer, x, out, opset, batch):
     g = Builder(opset, batch)
     params = {id(p): name for name, p in model.named_parameters()}
     producers = {id(node.output): node for node in tracer.nodes}
-    names = {id(x): g.fresh("input")}
+    names = {id(x): "input"}
 
     # Only what the output needs (a branch computed and dropped is not exported).
     needed, stack = set(), [out]
@@ -160,7 +160,7 @@ def _build(model, tracer, x, out, opset, batch):
     return helper.make_graph(
         g.nodes,
         "fastconv",
-        [value_info(names[id(x)], x.data, batch)],
+        [value_info("input", x.data, batch)],
         [value_info("output", out.data, batch)],
         initializer=list(g.initializers.values()),
     )

@@ -54,7 +54,8 @@ class Tracer:
         if type(module) in self._converters:
             if kwargs or len(args) != 1 or not isinstance(args[0], Tensor):
                 raise TypeError(
-                    f"module {self.describe(module)} was called with other arguments than one "
+                    f"fastconv.onnx.export: module {self.describe(module)} was called with other "
+                    "arguments than one "
                     "Tensor; its ONNX converter takes exactly one input"
                 )
             _TRACING.tracer = None  # its insides are the converter's business
@@ -71,6 +72,14 @@ class Tracer:
             if out is not args[0]:  # a layer that returns its input adds no node
                 self.nodes.append(Node("module", module, args, out, self.path(module)))
             return out
+        base = next((t for t in type(module).__mro__ if t in self._converters), None)
+        if base is not None:
+            # A subclass may compute something else: its parent's converter is not trusted.
+            raise TypeError(
+                f"fastconv.onnx.export: module {self.describe(module)} subclasses "
+                f"{base.__name__}, whose ONNX converter takes {base.__name__} itself only; "
+                f"use {base.__name__}, or write forward with layers and Tensor operations"
+            )
         if (
             type(module).backward is not Module.backward
             and type(module)._forward_tensor is Module._forward_tensor
