@@ -146,6 +146,12 @@ LAYERS = {
     # The last ceil window would start in the right padding: PyTorch drops it.
     "maxpool_ceil_dropped": (lambda: nn.MaxPool2d(3, 3, padding=1, ceil_mode=True), (2, 3, 5, 5)),
     "maxpool_dilation": (lambda: nn.MaxPool2d(2, stride=1, dilation=2), (2, 3, 6, 6)),
+    "maxpool_dilation_ceil": (lambda: nn.MaxPool2d(2, 2, dilation=2, ceil_mode=True), (2, 3, 7, 7)),
+    # ceil_mode's end padding (2) as wide as the kernel: onnxruntime's MaxPool refuses that.
+    "maxpool_dilation_ceil_wide": (
+        lambda: nn.MaxPool2d(2, 3, padding=1, dilation=3, ceil_mode=True),
+        (2, 3, 7, 7),
+    ),
     "maxpool_rect": (lambda: nn.MaxPool2d((3, 2), stride=(2, 1), padding=(1, 0)), (2, 3, 7, 6)),
     "avgpool": (lambda: nn.AvgPool2d(2), (2, 3, 6, 6)),
     "avgpool_pad": (lambda: nn.AvgPool2d(3, 2, padding=1), (2, 3, 7, 7)),

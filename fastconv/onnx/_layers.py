@@ -55,7 +55,7 @@ def conv2d(g, m, x, xt, yt, name):
     mode = getattr(m, "padding_mode", "zeros")
     if mode != "zeros":
         raise _unsupported(name, m, f"padding_mode={mode!r}")
-    inputs = [x, _weight(g, m, "weight", name, None)]
+    inputs = [x, g.constant(m.weight.data, f"{name}.weight")]
     if m.bias is not None:
         inputs.append(g.constant(m.bias.data, f"{name}.bias"))
     return g.node(
@@ -127,13 +127,20 @@ def _pool_pads(xt, yt, kernel, stride, padding, dilation=(1, 1)):
 def max_pool2d(g, m, x, xt, yt, name):
     kernel, stride = pair("kernel_size", m.kernel_size), pair("stride", m.stride)
     padding, dilation = pair("padding", m.padding), pair("dilation", m.dilation)
+    pads = _pool_pads(xt, yt, kernel, stride, padding, dilation)
+    if pads[2] >= kernel[0] or pads[3] >= kernel[1]:
+        # onnxruntime refuses pads as wide as the (undilated) kernel, which ceil_mode with
+        # dilation can need: pad with -inf first (never a window's max, as MaxPool's padding).
+        spec = g.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], f"{name}.pads")
+        low = g.constant(np.asarray(-np.inf, xt.dtype), f"{name}.pad_value")
+        x, pads = g.node("Pad", [x, spec, low], f"{name}.pad"), [0, 0, 0, 0]
     return g.node(
         "MaxPool",
         [x],
         name,
         kernel_shape=list(kernel),
         strides=list(stride),
-        pads=_pool_pads(xt, yt, kernel, stride, padding, dilation),
+        pads=pads,
         dilations=list(dilation),
     )
 
