@@ -126,7 +126,7 @@ def test_loss_values_and_targets(rng):
     with pytest.raises(ValueError, match="target must have input's shape"):
         nn.MSELoss()(Tensor(a), b[:2])
     with pytest.raises(TypeError, match="target must be an integer"):
-        nn.CrossEntropyLoss()(x, Tensor(logits))
+        nn.CrossEntropyLoss()(x, Tensor(logits[:, 0]))  # (N, C) floats are probabilities
 
 
 # ---- networks that Sequential cannot express, against PyTorch -------------------------------

@@ -255,14 +255,20 @@ def test_batchnorm_argument_errors(kwargs, error, match):
 # ---- CrossEntropyLoss -----------------------------------------------------------------------
 
 
-def _ce_case(rng, dtype):
-    """Random logits, targets (some ignored), and options."""
+def _ce_case(rng, dtype, probabilities=False):
+    """Random logits, targets (class indices, some ignored; or class probabilities), and
+    options."""
     N, C = int(rng.integers(1, 8)), int(rng.integers(2, 6))
-    ignore_index = int(rng.choice([-100, 0, C - 1, 99]))
-    target = rng.integers(0, C, N)
-    target[rng.random(N) < 0.3] = ignore_index
-    if (target == ignore_index).all():
-        target[0] = (ignore_index + 1) % C  # keep one row (all ignored has its own test)
+    if probabilities:
+        ignore_index = int(rng.choice([-100, -1]))  # PyTorch refuses a class index here
+        target = rng.random((N, C)).astype(dtype)
+        target /= target.sum(axis=1, keepdims=True)
+    else:
+        ignore_index = int(rng.choice([-100, 0, C - 1, 99]))
+        target = rng.integers(0, C, N)
+        target[rng.random(N) < 0.3] = ignore_index
+        if (target == ignore_index).all():
+            target[0] = (ignore_index + 1) % C  # keep one row (all ignored has its own test)
     weight = rng.uniform(0.2, 2, C).astype(dtype) if rng.random() < 0.7 else None
     options = dict(
         weight=weight,
@@ -289,10 +295,11 @@ def _torch_ce(logits, target, reduction, options, grad_out=None):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cross_entropy_options_match_torch(dtype, reduction, seed):
+@pytest.mark.parametrize("targets", ["indices", "probabilities"])
+def test_cross_entropy_options_match_torch(targets, dtype, reduction, seed):
     rng = np.random.default_rng(seed)
     np_dtype = DTYPES[dtype][0]
-    logits, target, options = _ce_case(rng, np_dtype)
+    logits, target, options = _ce_case(rng, np_dtype, targets == "probabilities")
     grad_out = (
         rng.standard_normal(len(target)).astype(np_dtype) if reduction == "none" else np_dtype(1.7)
     )
@@ -413,6 +420,27 @@ CE_ERRORS = {
     ),
     "target_negative": (
         lambda: F.cross_entropy(LOGITS, np.array([-100, -1])),
+        ValueError,
+        "target",
+    ),
+    "probabilities_shape": (
+        lambda: F.cross_entropy(LOGITS, np.ones((2, 4)) / 4),
+        ValueError,
+        "target.*shape",
+    ),
+    "probabilities_dtype": (
+        lambda: F.cross_entropy(LOGITS, np.ones((2, 3), np.float32) / 3),
+        TypeError,
+        "target",
+    ),
+    "probabilities_ignore_index": (
+        lambda: F.cross_entropy(LOGITS, np.ones((2, 3)) / 3, ignore_index=0),
+        ValueError,
+        "ignore_index",
+    ),
+    "float_indices": (lambda: F.cross_entropy(LOGITS, np.array([0.0, 1.0])), TypeError, "target"),
+    "target_requires_grad": (
+        lambda: nn.CrossEntropyLoss()(Tensor(LOGITS), Tensor(np.ones((2, 3)), requires_grad=True)),
         ValueError,
         "target",
     ),

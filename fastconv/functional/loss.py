@@ -36,24 +36,49 @@ def log_softmax(x, axis=-1):
 def _check_ce_args(logits, target, reduction, weight, ignore_index, label_smoothing):
     logits = check_array("logits", logits, ndim=2)
     C = logits.shape[1]
-    if not isinstance(target, np.ndarray) or not np.issubdtype(target.dtype, np.integer):
-        got = target.dtype if isinstance(target, np.ndarray) else type(target).__name__
-        raise TypeError(f"target must be an integer numpy.ndarray of class indices, got {got}")
-    if target.shape != (logits.shape[0],):
-        raise ValueError(f"target must have shape ({logits.shape[0]},), got {target.shape}")
     ignore_index = check_ignore_index(ignore_index)
-    kept = target[target != ignore_index]
-    if kept.size and (kept.min() < 0 or kept.max() >= C):
-        raise ValueError(
-            f"target values must lie in [0, {C}) or equal ignore_index ({ignore_index}), got "
-            f"[{kept.min()}, {kept.max()}]"
-        )
+    target = _check_target(target, logits, ignore_index)
     check_reduction(reduction)
     if weight is not None:
         weight = check_array("weight", weight, ndim=1, dtype=logits.dtype)
         if weight.shape != (C,):
             raise ValueError(f"weight must have shape ({C},) (one per class), got {weight.shape}")
     return logits, target, weight, ignore_index, check_label_smoothing(label_smoothing)
+
+
+def _check_target(target, logits, ignore_index):
+    """(N,) integer class indices in [0, C) (or ``ignore_index``), or (N, C) class
+    probabilities of the logits' dtype (a 2-D float array: PyTorch tells the two apart the
+    same way)."""
+    N, C = logits.shape
+    if isinstance(target, np.ndarray) and target.dtype.kind == "f" and target.ndim == 2:
+        target = check_array("target", target, dtype=logits.dtype)
+        if target.shape != (N, C):
+            raise ValueError(
+                f"target of class probabilities must have the logits' shape ({N}, {C}), got "
+                f"{target.shape}"
+            )
+        if ignore_index >= 0:  # PyTorch's rule: a class cannot be ignored in a distribution
+            raise ValueError(
+                f"ignore_index must be negative (unused) with class-probability targets, got "
+                f"{ignore_index}"
+            )
+        return target
+    if not isinstance(target, np.ndarray) or not np.issubdtype(target.dtype, np.integer):
+        got = target.dtype if isinstance(target, np.ndarray) else type(target).__name__
+        raise TypeError(
+            "target must be an integer numpy.ndarray of class indices (N,), or a float "
+            f"(N, C) array of class probabilities, got {got}"
+        )
+    if target.shape != (N,):
+        raise ValueError(f"target must have shape ({N},), got {target.shape}")
+    kept = target[target != ignore_index]
+    if kept.size and (kept.min() < 0 or kept.max() >= C):
+        raise ValueError(
+            f"target values must lie in [0, {C}) or equal ignore_index ({ignore_index}), got "
+            f"[{kept.min()}, {kept.max()}]"
+        )
+    return target
 
 
 def check_reduction(reduction):
@@ -88,11 +113,17 @@ def _ce_coefficients(logits, target, weight, ignore_index, label_smoothing):
     """PyTorch's loss as ``loss[n] = -sum_c coef[n, c] * log_softmax(logits)[n, c]``.
 
     ``coef = (1 - s) * w[t] * one_hot(t) + (s / C) * w`` for label smoothing ``s`` and class
-    weights ``w`` (ones if None), a zero row where ``target == ignore_index``. Returns ``coef``
-    (N, C) or None for the plain case (``one_hot(target)``, no work needed), the rows kept
-    (N,) bool, and the divisor of reduction "mean": the sum of ``w[t]`` over the kept rows.
+    weights ``w`` (ones if None), a zero row where ``target == ignore_index``; for class
+    probabilities ``coef = ((1 - s) * target + s / C) * w``. Returns ``coef`` (N, C) or None
+    for the plain case (``one_hot(target)``, no work needed), the rows kept (N,) bool, and the
+    divisor of reduction "mean": the sum of ``w[t]`` over the kept rows (N for probabilities,
+    as PyTorch).
     """
     N, C = logits.shape
+    if target.ndim == 2:  # class probabilities: every row counts, "mean" divides by N
+        coef = target * (1 - label_smoothing) + label_smoothing / C
+        coef = coef if weight is None else coef * weight
+        return coef.astype(logits.dtype, copy=False), np.ones(N, bool), float(N)
     keep = target != ignore_index
     if weight is None and label_smoothing == 0.0 and keep.all():
         return None, keep, float(N)
@@ -109,16 +140,20 @@ def _ce_coefficients(logits, target, weight, ignore_index, label_smoothing):
 def cross_entropy(
     logits, target, reduction="mean", *, weight=None, ignore_index=-100, label_smoothing=0.0
 ):
-    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets, as
-    ``torch.nn.functional.cross_entropy``.
+    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets or (N, C)
+    class probabilities, as ``torch.nn.functional.cross_entropy``.
 
     Parameters
     ----------
     logits : (N, C) float array
-    target : (N,) integer array, each in [0, C) or equal to ``ignore_index``
+    target : (N,) integer array, each in [0, C) or equal to ``ignore_index``; or an (N, C)
+        float array of the logits' dtype, each row a distribution over the classes (not
+        checked, as in PyTorch), for which "mean" divides by N and ``ignore_index`` is unused
+        (it must then be negative, as PyTorch requires)
     reduction : "mean", "sum" or "none"
     weight : (C,) array of the logits' dtype, or None: class ``c``'s loss is scaled by
-        ``weight[c]``, and "mean" divides by the sum of ``weight[target]`` over the rows kept
+        ``weight[c]``, and "mean" (class indices) divides by the sum of ``weight[target]``
+        over the rows kept
     ignore_index : int; rows whose target equals it contribute 0 and are not counted
     label_smoothing : float in [0, 1]; the target becomes ``(1 - s) * one_hot + s / C``
         (with ``weight``, PyTorch weights the smoothing term by ``weight`` too)

@@ -16,13 +16,14 @@ from fastconv.nn.module import Module
 
 
 class CrossEntropyLoss(Module):
-    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets, as
-    ``torch.nn.CrossEntropyLoss``.
+    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets or (N, C)
+    class probabilities, as ``torch.nn.CrossEntropyLoss`` (see ``F.cross_entropy``).
 
     Layer mode: ``loss = crit(logits, target)`` is a float for reduction "mean" or "sum", an
     (N,) array for "none"; ``crit.backward()`` then returns the (N, C) gradient with respect to
     the logits. Autograd mode (``logits`` a Tensor): the loss is a Tensor, 0-d for "mean" and
-    "sum"; ``target`` is an integer ndarray or Tensor.
+    "sum"; ``target`` is an ndarray or a Tensor that does not require grad (the target gets no
+    gradient here).
 
     Parameters
     ----------
@@ -58,6 +59,11 @@ class CrossEntropyLoss(Module):
 
     def _forward_tensor(self, logits, target):
         if isinstance(target, Tensor):
+            if target.requires_grad:  # refused rather than a silently missing gradient
+                raise ValueError(
+                    "target requires grad, but CrossEntropyLoss gives the target no gradient; "
+                    "pass target.detach()"
+                )
             target = target.data
         logits = logits if isinstance(logits, Tensor) else Tensor(check_array("logits", logits))
         ld, reduction = logits.data, self.reduction

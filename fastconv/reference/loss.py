@@ -62,13 +62,25 @@ def _check_reduction(reduction):
 def _target_distribution(target_n, n_classes, weight, label_smoothing):
     """The weighted target of one sample: ``coef[c]`` with ``loss = -sum_c coef[c] log p[c]``.
 
-    PyTorch's label smoothing spreads ``s`` uniformly over the classes and keeps ``1 - s`` on
-    the target; with class weights each class's share is scaled by its weight.
+    ``target_n`` is a class index or a (C,) distribution over the classes. PyTorch's label
+    smoothing spreads ``s`` uniformly over the classes and keeps ``1 - s`` on the target; with
+    class weights each class's share is scaled by its weight.
     """
     w = np.ones(n_classes) if weight is None else weight.astype(np.float64)
-    coef = np.full(n_classes, label_smoothing / n_classes) * w
-    coef[target_n] += (1 - label_smoothing) * w[target_n]
-    return coef
+    coef = np.full(n_classes, label_smoothing / n_classes)
+    if np.ndim(target_n) == 0:
+        coef[target_n] += 1 - label_smoothing
+    else:
+        coef += (1 - label_smoothing) * target_n
+    return coef * w
+
+
+def _mean_share(target_n, weight):
+    """What one kept sample adds to the divisor of "mean": its target's weight for a class
+    index (1 without weights), 1 for a distribution (PyTorch divides those by N)."""
+    if np.ndim(target_n) == 1 or weight is None:
+        return 1.0
+    return float(weight[target_n])
 
 
 def cross_entropy(
@@ -79,7 +91,8 @@ def cross_entropy(
     Parameters
     ----------
     logits : (N, C) unnormalised scores
-    target : (N,) int class indices in [0, C), or ``ignore_index`` for a row to skip
+    target : (N,) int class indices in [0, C), or ``ignore_index`` for a row to skip; or
+        (N, C) class probabilities (``ignore_index`` unused, "mean" divides by N)
     reduction : "mean" | "sum" | "none"
     weight : (C,) class weights or None (all 1)
     ignore_index : rows with this target add 0 and are not counted
@@ -97,11 +110,11 @@ def cross_entropy(
     losses = np.zeros(n_batch, logits.dtype)
     divisor = 0.0
     for n in range(n_batch):
-        if target[n] == ignore_index:
+        if target.ndim == 1 and target[n] == ignore_index:
             continue
         coef = _target_distribution(target[n], n_classes, weight, label_smoothing)
         losses[n] = -(coef * logp[n]).sum()
-        divisor += 1.0 if weight is None else float(weight[target[n]])
+        divisor += _mean_share(target[n], weight)
     if reduction == "none":
         return losses
     if reduction == "sum":
@@ -129,12 +142,12 @@ def cross_entropy_backward(
     grad = np.zeros_like(p)
     kept, divisor = [], 0.0
     for n in range(n_batch):
-        if target[n] == ignore_index:
+        if target.ndim == 1 and target[n] == ignore_index:
             continue
         coef = _target_distribution(target[n], n_classes, weight, label_smoothing)
         grad[n] = coef.sum() * p[n] - coef
         kept.append(n)
-        divisor += 1.0 if weight is None else float(weight[target[n]])
+        divisor += _mean_share(target[n], weight)
     if reduction == "mean" and kept:
         grad[kept] = grad[kept] / divisor if divisor else np.nan
     return grad
