@@ -30,8 +30,9 @@ class CrossEntropyLoss(Module):
     reduction : "mean" (default), "sum" or "none"; positional, as fastconv always had it (PyTorch
         takes ``weight`` first: pass the others by keyword)
     weight : (C,) float32/float64 array or None; each class's loss is scaled by its weight and
-        "mean" divides by the summed weights of the targets kept. A buffer, as in PyTorch (in
-        ``state_dict`` when given); cast to the logits' dtype at each call.
+        "mean" divides by the summed weights of the class-index targets kept (by N for
+        probabilities). A buffer, as in PyTorch (in ``state_dict`` when given); cast to the
+        logits' dtype at each call.
     ignore_index : int, default -100; targets equal to it contribute nothing and are not counted
     label_smoothing : float in [0, 1], default 0; mixes the one-hot target with the uniform
         distribution, ``(1 - s) * one_hot + s / C`` (weighted by ``weight`` as PyTorch does)
