@@ -4,6 +4,7 @@
 rank's final state dict to ``OUT`` (``.npz``; keys ``"<case>/<rank>/<name>"``), for the test to
 compare with one process (:func:`run`, imported by the test). ``fail``: rank 1 raises after a
 step while rank 0 trains on, the failure the abort hook must turn into a non-zero exit.
+``api``: the public functions' contract, asserted on the ranks (:func:`check_api`).
 """
 
 from __future__ import annotations
@@ -94,10 +95,74 @@ def simulate(dtype, model_name, world_size=2):
     return replicas[0].state_dict()
 
 
+def check_api(dist, group):
+    """The public functions' contract on 2 ranks; an AssertionError ends the job non-zero."""
+    import os
+
+    rank = group.rank
+    # A float32 and a float64 layer: one buffer per dtype. Rank 1 builds other weights.
+    model = nn.Sequential(nn.Linear(3, 2, rng=rank), nn.Linear(2, 2, rng=rank).double())
+    dist.broadcast_parameters(model)
+    everyone = group.comm.allgather([p.data.copy() for p in model.parameters()])
+    for mine, theirs in zip(everyone[0], everyone[1], strict=True):
+        assert np.array_equal(mine, theirs)
+    assert model[0].weight.data.dtype == np.float32 and model[1].weight.data.dtype == np.float64
+
+    # Plain mean (count=None): rank r's gradients are (r + 1) * base, the mean 1.5 * base. The
+    # last bias has a gradient on rank 0 only (zeros on rank 1); model[0].bias on none.
+    params = list(model.parameters())
+    for p in params:
+        p.grad = None
+    for p in params[:3]:
+        p.grad = (rank + 1) * np.arange(p.data.size, dtype=p.data.dtype).reshape(p.data.shape)
+    if rank == 0:
+        params[3].grad = np.full(params[3].data.shape, 4.0)
+    params[1].grad = None
+    assert dist.allreduce_gradients(model) == 2
+    for p in (params[0], params[2]):
+        assert p.grad.dtype == p.data.dtype
+        np.testing.assert_array_equal(p.grad, 1.5 * np.arange(p.data.size).reshape(p.data.shape))
+    assert params[1].grad is None
+    np.testing.assert_array_equal(params[3].grad, np.full(params[3].data.shape, 2.0))
+
+    # Weighted by count: rank 0 has 3 samples (gradient 1), rank 1 has 1 (gradient 5): 2.
+    for p in params:
+        p.grad = np.full(p.data.shape, 1.0 if rank == 0 else 5.0, p.data.dtype)
+    assert dist.allreduce_gradients(model, count=3 if rank == 0 else 1) == 4
+    assert all(np.array_equal(p.grad, np.full(p.data.shape, 2.0)) for p in params)
+    try:
+        dist.allreduce_gradients(model, count=-1)
+        raise AssertionError("count=-1 was accepted")
+    except ValueError as e:
+        assert "count must be a non-negative int" in str(e)
+
+    # Another network on rank 1: the same ValueError on both ranks, no hang.
+    other = models.seed(rng=0) if rank == 0 else models.lenet(rng=0)
+    try:
+        dist.broadcast_parameters(other)
+        raise AssertionError("different networks were accepted")
+    except ValueError as e:
+        assert "rank 1's model differs from rank 0's" in str(e), e
+
+    # The thread budget: each rank's share of the cores both may use.
+    cores = len(os.sched_getaffinity(0))
+    assert dist.default_num_threads() == max(1, min(cores // 2, numba_threads())), cores
+    print(f"rank {rank}: api ok")
+
+
+def numba_threads():
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
 def main(argv):
     import fastconv.distributed as dist
 
     group = dist.init_process_group(threads=1)
+    if argv[0] == "api":
+        check_api(dist, group)
+        return
     if argv[0] == "fail":
         model = models.seed(rng=0)
         optimizer = optim.SGD(model.parameters(), lr=0.05)

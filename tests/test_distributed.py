@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -128,9 +129,11 @@ def _mpiexec():
 
 
 def _mpirun(*args, ranks=2):
+    # Without NUMBA_NUM_THREADS, so that the ranks take their default share of the cores.
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
     return subprocess.run(
         [_mpiexec(), "-n", str(ranks), sys.executable, *map(str, args)],
-        capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
+        capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=env,
     )  # fmt: skip
 
 
@@ -181,6 +184,15 @@ def test_batch_norm_uses_local_statistics_and_rank_0s_running_stats(two_ranks):
     assert int(rank1["1.num_batches_tracked"]) == 20
 
 
+def test_public_functions_on_two_ranks():
+    """broadcast_parameters, allreduce_gradients (plain and weighted means, missing gradients,
+    two dtypes, bad count), a network mismatch raised on both ranks, the thread budget: the
+    assertions run on the ranks (mpi_worker.check_api)."""
+    done = _mpirun(TESTS / "mpi_worker.py", "api")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("api ok") == 2
+
+
 def test_a_failing_rank_ends_the_job_with_an_error():
     """Rank 1 raises while rank 0 waits for it in the gradient allreduce: without the abort
     hook this hangs (and the timeout fails the test)."""
@@ -226,7 +238,8 @@ def test_example_trains_resumes_and_matches_one_process(data_dir, tmp_path):
     done = _mpirun(script, *args, "--epochs", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("done: 1 epochs") == 1  # rank 0 alone prints
-    assert "2 ranks x" in done.stdout
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # each rank's share of the cores
+    assert f"2 ranks x {threads} threads each" in done.stdout
 
     resumed = _mpirun(script, *args, "--epochs", "2", "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
