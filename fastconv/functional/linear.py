@@ -15,10 +15,13 @@ def _matmul_chunks(lo, hi, share, a, b, out, T):
     Plain NumPy: ``np.dot`` releases the GIL, so ``parallel_for`` runs the shares in parallel,
     and there is nothing to compile (a numba kernel of this loop took 1.4 s to compile)."""
     M = a.shape[0]
-    for t in range(lo, hi):
-        r0, r1 = t * M // T, (t + 1) * M // T
-        if r1 > r0:
-            np.dot(a[r0:r1], b, out=out[r0:r1])
+    # Overflow to inf and NaN are results here, as in PyTorch (and in numba's np.dot), not
+    # warnings; NumPy's error state is per thread, so it is set in the thread that computes.
+    with np.errstate(all="ignore"):
+        for t in range(lo, hi):
+            r0, r1 = t * M // T, (t + 1) * M // T
+            if r1 > r0:
+                np.dot(a[r0:r1], b, out=out[r0:r1])
 
 
 def _matmul(a, b):
