@@ -34,6 +34,10 @@ written atomically (``fastconv.save``'s writer) and nothing is pickled. A non-em
 directory is refused unless the run resumes or is told to overwrite it. A NaN or infinite loss
 stops training with :class:`NonFiniteLossError` before the optimizer step, so the files of the
 last good snapshot are left as they were.
+
+Data-parallel training over MPI is the same call with ``distributed=`` a
+``fastconv.distributed.ProcessGroup`` and loaders sharded by ``rank``/``world_size``, on every
+rank (see ``fastconv.distributed``): rank 0 alone writes the run directory and logs.
 """
 
 from __future__ import annotations

@@ -252,6 +252,14 @@ def test_example_trains_resumes_and_matches_one_process(data_dir, tmp_path):
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.count("is not empty") == 1
 
+    # A loss that becomes NaN on the ranks: all stop before the step, exit 3, one message, and
+    # the checkpoint of epoch 2 is left as it was.
+    before = (out / "train_state.npz").read_bytes()
+    nan = _mpirun(script, *args, "--epochs", "3", "--resume", "--lr", "1e30")
+    assert nan.returncode == 3, nan.stdout + nan.stderr
+    assert nan.stderr.count("training loss became") == 1
+    assert (out / "train_state.npz").read_bytes() == before
+
     # One process, same global batch: the same weights (float32) and history.
     spec = importlib.util.spec_from_file_location("train_fashion_mnist", script)
     example = importlib.util.module_from_spec(spec)
