@@ -174,8 +174,9 @@ def _allreduce_gradients(model, count, stats, comm):
     parameter without a gradient), one flag per parameter (1 if it had a gradient) and
     ``count``; the last dtype's buffer (float64 if the model has any) also carries ``stats``.
     After the ``Allreduce`` (SUM), each gradient is the sum divided by the total count; a
-    parameter that had no gradient on any rank keeps ``grad = None``. Every rank computes the
-    same sums in the same order, so the gradients come out bit-identical on every rank.
+    parameter that had no gradient on any rank keeps ``grad = None``. MPICH's ``Allreduce``
+    hands every rank the same sums (the tests check the ranks' weights stay bit-identical), so
+    the ranks take the same optimizer steps.
 
     Returns ``(total count, summed stats as a float64 array)``.
     """
@@ -245,7 +246,7 @@ def allreduce_gradients(model, count=None, comm=None):
     One ``Allreduce`` (SUM, then a division) per dtype over a flat buffer of every gradient, not
     one call per parameter. A parameter whose ``grad`` is None on some ranks counts as zeros
     there; one whose ``grad`` is None on every rank stays None. The reduced gradients are views
-    of that buffer (a new one per call), identical on every rank.
+    of that buffer (a new one per call).
     """
     comm = _comm(comm)
     if count is not None:
