@@ -52,6 +52,17 @@ def test_import_fastconv_leaves_mpi4py_alone_and_the_module_names_the_extra():
     assert "fastconv[mpi]" in done.stdout and "mpi4py" in done.stdout
 
 
+def test_example_without_mpi4py_says_which_extra(tmp_path):
+    done = _python(
+        "import runpy, sys\n"
+        "sys.modules['mpi4py'] = None  # as if it were not installed\n"
+        f"sys.argv = ['train_fashion_mnist.py', '--distributed', '--out', {str(tmp_path)!r}]\n"
+        "runpy.run_path('examples/train_fashion_mnist.py', run_name='__main__')\n"
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error: --distributed:" in done.stderr and "fastconv[mpi]" in done.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Sharding (no MPI needed)
 # ---------------------------------------------------------------------------------------------
