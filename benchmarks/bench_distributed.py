@@ -23,8 +23,10 @@ times back to back, which gives the cost of moving the bytes without the waiting
 
 The scaling estimate divides the measured bytes per step by a network's bandwidth: a ring
 allreduce over ``W`` machines sends and receives ``2 (W - 1) / W`` times the buffer per
-machine per step, so its time hardly grows with ``W``; each machine's compute per step shrinks
-as ``1 / W`` at a fixed global batch.
+machine per step, so its time hardly grows with ``W``. Each machine's compute is the measured
+1-process step scaled by ``1 / W`` at a fixed global batch, or unchanged at a fixed batch per
+machine. The reduction starts after the whole backward (PyTorch's DDP overlaps it with the
+backward in buckets), so its time adds to the step's.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ def report(steps=60, rounds=3, warmup=5):
     step_ms = {name: 1e3 * med(name, "seconds") / steps for name in runs}
     in_step, alone = 1e3 * med("mpi", "reduce_in_step_s"), 1e3 * med("mpi", "reduce_alone_s")
     nbytes = runs["mpi"][0]["bytes"]
-    compute = step_ms["mpi"] - in_step  # per rank, on its 32 images
+    compute = step_ms["mpi"] - in_step  # rank 0's, on its 32 images
     lines = [
         f"{MODEL} training, global batch {BATCH}, {steps} timed steps after {warmup}, median of "
         f"{rounds} rounds; load average at start {load}",
@@ -201,19 +203,26 @@ def report(steps=60, rounds=3, warmup=5):
         f"memory); the rest of the step, {compute:.1f} ms, is rank 0's compute on its "
         f"{BATCH // 2} images.",
         "",
-        "Estimate for W machines of this kind at global batch 64, from the bytes alone (ring "
-        f"allreduce: 2(W-1)/W x {nbytes / 1e6:.2f} MB in and out per machine per step; compute "
-        f"{compute:.1f} ms x 2/W; add 2(W-1) link latencies per step, e.g. 14 x 50 us = 0.7 ms "
-        "on Ethernet at W=8; a larger global batch shrinks the share, the bytes stay the same):",
+        f"Estimate for W machines like this one, each running one rank x {CORES} threads (the "
+        f"1-process step, {step_ms['single']:.1f} ms for {BATCH} images), from the bytes alone: "
+        f"a ring allreduce moves 2(W-1)/W x {nbytes / 1e6:.2f} MB in and out of each machine "
+        "per step, whatever W and the batch; add 2(W-1) link latencies per step (e.g. "
+        "14 x 50 us = 0.7 ms on Ethernet at W=8). Compute per machine is the 1-process step "
+        f"x 1/W at a global batch of {BATCH} (strong scaling, optimistic: small batches run "
+        f"less efficiently), and stays {step_ms['single']:.1f} ms at {BATCH} images per machine "
+        "(weak scaling, global batch 64W):",
         "",
-        "| link | allreduce ms, W=2 | W=8 | compute ms, W=8 | comm / step, W=8 |",
-        "|---|---|---|---|---|",
+        "| link | allreduce ms, W=2 / 8 | comm share, global 64, W=2 / 8 | comm share, 64 per "
+        "machine, W=8 |",
+        "|---|---|---|---|",
     ]
+    single = step_ms["single"]
     for link, bandwidth in LINKS:
         ms = {w: 1e3 * 2 * (w - 1) / w * nbytes / bandwidth for w in (2, 8)}
-        comp8 = compute * 2 / 8
+        strong = {w: ms[w] / (ms[w] + single / w) for w in (2, 8)}
         lines.append(
-            f"| {link} | {ms[2]:.1f} | {ms[8]:.1f} | {comp8:.1f} | {ms[8] / (ms[8] + comp8):.0%} |"
+            f"| {link} | {ms[2]:.1f} / {ms[8]:.1f} | {strong[2]:.0%} / {strong[8]:.0%} | "
+            f"{ms[8] / (ms[8] + single):.0%} |"
         )
     return "\n".join(lines)
 
