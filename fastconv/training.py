@@ -235,6 +235,15 @@ def train_step(model, criterion, optimizer, x, y):
     return loss, logits
 
 
+def _check_averages(criterion):
+    """Data-parallel training averages the ranks' gradients: the loss must be a batch mean."""
+    if getattr(criterion, "reduction", "mean") != "mean":
+        raise ValueError(
+            "distributed training averages the ranks' gradients, so the criterion must "
+            f"average over the batch (reduction='mean'), got {criterion.reduction!r}"
+        )
+
+
 def _parallel_step(model, criterion, optimizer, x, y, group, interrupts=None):
     """One rank's :func:`train_step` in data-parallel training: ``(loss, count, correct)`` of
     the global batch (every rank's slice), the same on every rank.
@@ -294,6 +303,8 @@ def train_epoch(
     global ones (all ranks' samples), the same on every rank. ``interrupts`` (train's): each
     step's collective also tells every rank whether any rank was asked to stop.
     """
+    if distributed is not None:
+        _check_averages(criterion)
     model.train()
     bar = Progress(len(loader), desc, progress)
     total_loss, correct, seen = totals
@@ -501,11 +512,8 @@ def train(
     save_every = None if save_every is None else positive_int("save_every", save_every)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
     root = distributed is None or distributed.rank == 0
-    if distributed is not None and getattr(criterion, "reduction", "mean") != "mean":
-        raise ValueError(
-            "distributed training averages the ranks' gradients, so the criterion must "
-            f"average over the batch (reduction='mean'), got {criterion.reduction!r}"
-        )
+    if distributed is not None:
+        _check_averages(criterion)
     if not root:  # rank 0 alone speaks
         log, progress = None, False
     say = log if log is not None else (lambda *_: None)

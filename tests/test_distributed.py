@@ -125,6 +125,25 @@ def test_bad_sharding_arguments(kwargs, error, match):
         DataLoader(np.zeros(40), np.zeros(40), 16, **kwargs)
 
 
+def test_distributed_training_refuses_a_summed_loss():
+    """Averaging the ranks' gradients is only right for a mean loss; refused before any step
+    (so no group is needed to see it)."""
+    from fastconv import models, nn, optim, training
+
+    model = models.seed(rng=0)
+    optimizer = optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(np.zeros((8, 1, 28, 28), np.float32), np.zeros(8, np.int64), 4)
+    before = model.state_dict()
+    for call in (
+        lambda crit: training.train(model, optimizer, loader, criterion=crit, distributed=object()),
+        lambda crit: training.train_epoch(model, loader, crit, optimizer, distributed=object()),
+    ):
+        with pytest.raises(ValueError, match="reduction='mean'.* got 'sum'"):
+            call(nn.CrossEntropyLoss(reduction="sum"))
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
 # ---------------------------------------------------------------------------------------------
 # Under mpiexec
 # ---------------------------------------------------------------------------------------------
