@@ -511,9 +511,9 @@ def train(
     epochs = positive_int("epochs", epochs)
     save_every = None if save_every is None else positive_int("save_every", save_every)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
-    root = distributed is None or distributed.rank == 0
     if distributed is not None:
         _check_averages(criterion)
+    root = distributed is None or distributed.rank == 0
     if not root:  # rank 0 alone speaks
         log, progress = None, False
     say = log if log is not None else (lambda *_: None)
