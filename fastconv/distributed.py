@@ -14,9 +14,10 @@ A training script does what ``fastconv.training.train(..., distributed=group)`` 
     dist.broadcast_parameters(model)         # every rank starts from rank 0's weights
     loader = DataLoader(x, y, 64, seed=0, rank=group.rank, world_size=group.world_size)
     for xb, yb in loader:                    # each rank: its slice of the global batch of 64
-        loss = criterion(model(xb), yb)      # reduction="mean" over the local slice
         optimizer.zero_grad()
-        model.backward(criterion.backward())
+        if len(yb):                          # a short last batch may leave a rank no sample
+            loss = criterion(model(xb), yb)  # reduction="mean" over the local slice
+            model.backward(criterion.backward())
         dist.allreduce_gradients(model, count=len(yb))   # now the global batch's mean gradient
         optimizer.step()
 
