@@ -147,7 +147,11 @@ def main(argv=None) -> int:
         with thread_context:
             return run(args, group)
     except KeyboardInterrupt as e:
-        if group is not None and not isinstance(e, training.TrainingInterrupted):
+        if (
+            group is not None
+            and group.world_size > 1
+            and not isinstance(e, training.TrainingInterrupted)
+        ):
             # Not a stop the ranks agreed on (a second Ctrl-C, or one outside the training
             # steps): the others may be waiting in a collective, so end them all.
             group.abort(EXIT_INTERRUPTED)
