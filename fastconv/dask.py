@@ -81,12 +81,6 @@ class _ModelSpec:
     def __init__(self, architecture, state, dtype, token):
         self.architecture, self.state, self.dtype, self.token = architecture, state, dtype, token
 
-    def __getstate__(self):
-        return (self.architecture, self.state, self.dtype, self.token)
-
-    def __setstate__(self, values):
-        self.architecture, self.state, self.dtype, self.token = values
-
 
 def _new_module(cls):
     return cls.__new__(cls)  # the state (its __dict__) follows: pickle fills it in

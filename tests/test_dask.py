@@ -8,6 +8,7 @@ with that reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -258,6 +259,19 @@ def by_value():
     cloudpickle.unregister_pickle_by_value(module)
 
 
+@contextlib.contextmanager
+def environ_restored():
+    """A nanny copies dask's variables for its workers (``MALLOC_TRIM_THRESHOLD_``,
+    ``OMP_NUM_THREADS``, ...) into this process's environment each time it starts one: put the
+    environment back for the tests that follow (and their subprocesses)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def local_cluster(level=logging.ERROR):
     """2 worker processes x 1 thread each (each task runs numba on 1 thread: 2 cores)."""
     from distributed import LocalCluster
@@ -275,7 +289,7 @@ def local_cluster(level=logging.ERROR):
 def client(fd):
     from distributed import Client
 
-    with local_cluster() as cluster, Client(cluster) as client:
+    with environ_restored(), local_cluster() as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
         yield client
 
@@ -324,10 +338,11 @@ def _executing(dask_worker):
 def test_killed_worker_is_replaced_and_the_result_is_complete(fd, da, by_value):
     from distributed import Client, Queue, as_completed, futures_of
 
+    environ = dict(os.environ)
     inner = tiny()
     xn = images(40)
     x = da.from_array(xn, chunks=(4, -1, -1, -1))  # 10 blocks, one forward (ticket) each
-    with local_cluster(logging.CRITICAL) as cluster, Client(cluster) as client:
+    with environ_restored(), local_cluster(logging.CRITICAL) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
         queue = Queue(f"fastconv-test-{uuid.uuid4().hex}", client=client)
         pred = fd.predict(Gated(inner, queue.name), x, batch_size=4)
@@ -355,3 +370,4 @@ def test_killed_worker_is_replaced_and_the_result_is_complete(fd, da, by_value):
     assert_close32(out, in_process(inner, xn))
     assert len(now) == 2 and pids[victim] not in now.values()  # the nanny started a new one
     assert rerun >= 1  # the blocks lost with the victim were computed again
+    assert dict(os.environ) == environ  # dask's worker variables did not leak into ours
