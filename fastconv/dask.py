@@ -22,8 +22,8 @@ How the model reaches the workers, and why:
   the layer-mode caches (``_ctx``: the last input kept for ``backward``, which may be a whole
   training batch) and the run counters are dropped, and gradients are not sent. The state dict
   travels beside it as NumPy arrays (copies taken when ``predict`` is called: training the model
-  afterwards does not change a prediction already built). A zero-argument factory would need
-  the user to write one for every model; this needs nothing and sends the same bytes.
+  afterwards does not change a prediction already built). The alternative, a zero-argument
+  factory that builds the model, would have to be written for every model; this needs none.
 - **Once per graph.** The two are one ``dask.delayed`` value under a single key named by a hash
   of the weights (``fastconv-model-<token>``); every block depends on that key, so a cluster
   sends the weights to each worker once, not once per block, and two calls with the same model
@@ -38,6 +38,19 @@ workers for the same reason), so each task runs fastconv's numba kernels on ``th
 thread by default. With fewer dask threads than cores, raise it: ``threads = cores //
 (workers * threads_per_worker)``. numba's tbb threading layer (a fastconv dependency) serves
 kernels called from several threads of one worker at once.
+
+Memory: dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, so that glibc returns
+freed memory to the system at once; being set, it also turns off fastconv's own heap setting
+(``fastconv/autograd/_heap.py``). fastconv frees and reallocates each layer's activations on
+every batch, and in one process at 1 thread lenet's inference then ran 27% slower (about 70,000
+page faults per 5,000 images, against none). To give the workers fastconv's thresholds, set
+them before the first cluster of the process is made (a nanny copies its variables into the
+process that runs it, where they take precedence over the configuration)::
+
+    dask.config.set({
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 64 * 2**20,
+        "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 * 2**20,
+    })
 """
 
 from __future__ import annotations
