@@ -297,20 +297,41 @@ def client(fd):
         yield client
 
 
+def _cached_models():
+    """This process and ``{token: id(model)}`` of fastconv.dask's cache in this thread (on a
+    worker of 1 thread: the thread that runs every task)."""
+    import fastconv.dask
+
+    return os.getpid(), {t: id(m) for t, m in getattr(fastconv.dask._CACHE, "models", {}).items()}
+
+
+def cached_on_workers(client):
+    return {
+        w: client.submit(_cached_models, workers=[w], pure=False).result(timeout=TIMEOUT)
+        for w in client.scheduler_info()["workers"]
+    }
+
+
 def test_cluster_predict_and_evaluate_equal_in_process(fd, da, client, by_value):
     model = tiny(batch_norm=True)
+    token = fd._spec(model, np.dtype(np.float32)).token
     xn, yn = images(300), labels(300)
     x = da.from_array(xn, chunks=(32, -1, -1, -1))
     out = client.compute(fd.predict(model, x, batch_size=10)).result(timeout=TIMEOUT)
     assert_close32(out, in_process(model, xn))
+    first = cached_on_workers(client)
     cls = client.compute(fd.predict(model, x, classes=True)).result(timeout=TIMEOUT)
     np.testing.assert_array_equal(cls, in_process(model, xn).argmax(axis=1))
     got = fd.evaluate(model, x, yn, batch_size=10)
     want = in_process_evaluate(model, xn, yn)
     assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-12)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
-    # the blocks ran in the two worker processes, not here
-    assert len(set(client.run(os.getpid).values()) - {os.getpid()}) == 2
+    # The blocks ran in the worker processes, each of which rebuilt the model once: the same
+    # object served its blocks of all three computations.
+    last = cached_on_workers(client)
+    assert len({pid for pid, _ in last.values()} - {os.getpid()}) == 2
+    built = [w for w, (_, models) in first.items() if token in models]
+    assert built and all(last[w][1][token] == first[w][1][token] for w in built)
 
 
 class Gated(nn.Module):
