@@ -148,7 +148,7 @@ def test_predict_on_threads_equals_in_process(fd, da, dtype):
     assert model.training  # the user's model is left as it was
 
 
-def test_predict_keeps_chunks_and_is_lazy(fd, da):
+def test_predict_keeps_chunks(fd, da):
     x = da.from_array(images(50), chunks=((10, 0, 25, 15), -1, -1, -1))
     out = fd.predict(tiny(), x)
     assert out.chunks == ((10, 0, 25, 15), (5,))
@@ -252,8 +252,8 @@ def test_bad_arguments_are_named(fd, da):
 
 @pytest.fixture
 def by_value():
-    """Models of this file travel by value, as a class written in a user's script does (the
-    workers cannot import this test file)."""
+    """Models of this file travel by value, as a class written in a user's script does
+    (instead of the workers importing this test file)."""
     import cloudpickle
 
     module = sys.modules[__name__]
