@@ -20,14 +20,17 @@ import numpy as np
 
 from fastconv._config import tuning
 from fastconv._conv_plan import workspace
-from fastconv._parallel import parallel_for
+from fastconv._kernel_pointer import pointer
 from fastconv._threads import get_num_threads
 from fastconv.kernels.conv_blocked import (
     _conv2d_bwd_weight_blocked,
     _conv2d_fwd_blocked,
+    _conv2d_fwd_item,
     _conv2d_fwd_pixels,
+    _conv2d_fwd_pixels_item,
     _pixels_padded_size,
     _sum_chunks,
+    _weight_grad_item,
     _weight_grad_prepare,
 )
 
@@ -134,10 +137,13 @@ def _run(x, weight, bias, pad, geo, phases, out, tile, xstep):
     taps = max(p[5] * p[7] for p in phases)  # weight taps per channel of the largest phase
     cchunk = max(1, tuning().blocked_weight_chunk_bytes // (nb * max(1, taps) * 64))
     phases = np.array(phases, dtype=np.int64).reshape(-1, 10)
-    parallel_for(
-        _conv2d_fwd_blocked, N * -(-groups // gchunk), x, wb, bb, pad, geo, phases, out, gchunk,
-        cchunk, (0,) * nb, (0,) * (tr * tw), (0,) * tw, xstep, scratch,
+    args = x, wb, bb, pad, geo, phases, out, gchunk, cchunk
+    tiles = (0,) * nb, (0,) * (tr * tw), (0,) * tw, xstep
+    item = pointer(
+        _conv2d_fwd_item, (tile, xstep),  # the tile and the stride fix every argument type
+        (x, wb, bb, pad, geo, phases, out, 0, 0, 0, cchunk, *tiles, scratch[0]),
     )  # fmt: skip
+    _conv2d_fwd_blocked(item, *args, *tiles, scratch)
     return out
 
 
@@ -147,9 +153,9 @@ def _pixels(x, weight, bias, pad, taps, out):
     Hs, Ws = _pixels_padded_size(*out.shape[2:], len(_PIXEL_ROWS), nkh, nkw, dh, dw)
     b, scratch = workspace(((out.shape[1],), np.float32), _scratch_spec(x.shape[1] * Hs * Ws + 16))
     b[:] = 0.0 if bias is None else bias
-    parallel_for(
-        _conv2d_fwd_pixels, x.shape[0], x, weight, b, tuple(pad), taps, out, _PIXEL_ROWS, scratch
-    )
+    args = x, weight, b, tuple(pad), taps, out
+    item = pointer(_conv2d_fwd_pixels_item, (), (*args, 0, _PIXEL_ROWS, scratch[0]))
+    _conv2d_fwd_pixels(item, *args, _PIXEL_ROWS, scratch)
     return out
 
 
@@ -268,12 +274,18 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
         ((N, 16), np.float32),
         ((-(-N // chunk), ob, C, kht, KW, 16), np.float32),
     )
-    parallel_for(
-        _weight_grad_prepare, N, x, *padding_before, grad_out, xs, gb, bias_part, sums, Hs, Ws
+    ph, pw = padding_before
+    tiles = (0,) * nb, (0,) * (krows * KW), (0,) * KW
+    prepare = pointer(
+        _weight_grad_prepare, (), (x, 0, ph, pw, grad_out, xs, gb, bias_part, sums, Hs, Ws)
     )
-    parallel_for(
-        _conv2d_bwd_weight_blocked, part.shape[0] * (ob // nb) * -(-C // cgroup), xs, gb, Hs, Ws,
-        sh, sw, dh, dw, OW, chunk, cgroup, part, (0,) * nb, (0,) * (krows * KW), (0,) * KW,
+    item = pointer(
+        _weight_grad_item, (nb, krows, KW),
+        (xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part, 0, 0, 0, 0, *tiles),
+    )  # fmt: skip
+    _conv2d_bwd_weight_blocked(
+        prepare, item, x, ph, pw, grad_out, xs, gb, bias_part, sums, Hs, Ws, sh, sw, dh, dw,
+        chunk, cgroup, part, *tiles,
     )  # fmt: skip
     _sum_chunks(part, bias_part, grad_w, grad_b)
     return grad_w, grad_b

@@ -1,13 +1,9 @@
-"""Thread control: one thread count for all of fastconv's parallelism.
+"""Thread control: numba's parallel loops are fastconv's only source of parallelism.
 
-fastconv runs work in parallel two ways, both sized by ``get_num_threads()``: numba's
-``prange`` loops (small kernels: pooling, activations, normalization, the GEMM and Winograd
-paths), and ``fastconv._parallel.parallel_for``, which shares a serial kernel's iterations
-among Python threads (the conv engine and linear's row chunks: large kernels that ``prange``
-would compile twice over). Every BLAS call fastconv makes runs single-threaded, inside one of
-those loops over chunks of the work. Two thread pools on two cores (numba's workers and
-BLAS's) slow each other down several times over, so BLAS's own pool is never used: code that
-calls it is wrapped in ``single_threaded_blas()``, which restores the user's setting.
+Every BLAS call fastconv makes runs single-threaded, from inside a ``prange`` loop over chunks
+of the work (see ``kernels/matmul.py``). Two thread pools on two cores (numba's workers and
+BLAS's) slow each other down several times over, so BLAS's own pool is never used: kernels
+that call it are wrapped in ``single_threaded_blas()``, which restores the user's setting.
 
 numba's threading layer is numba's default choice, in its order: ``tbb`` (the ``tbb`` wheel),
 then GNU OpenMP, then ``workqueue``. Only tbb both survives ``fork`` (a forked child, e.g. a

@@ -160,3 +160,24 @@ def test_supports():
     assert cb.supports((2, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32)
     assert not cb.supports((2, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float64)
     assert not cb.supports((2, 4, 8, 8), (4, 2, 3, 3), (1, 1), (1, 1), (1, 1), 2, np.float32)
+
+
+def test_read_only_and_writable_inputs_share_the_compiled_kernels(rng):
+    # The parallel kernels call their items through function pointers compiled per argument
+    # type; numba types a read-only array apart, so the pointer cache must too (a mismatch is
+    # a numba typing error, not a wrong answer).
+    x = rng.standard_normal((2, 18, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((20, 18, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((2, 20, 9, 9)).astype(np.float32)
+    results = []
+    for writeable in (True, False, True):
+        xs, ws, gs = (a.copy() for a in (x, w, g))
+        for a in (xs, ws, gs):
+            a.flags.writeable = writeable
+        out = np.empty((2, 20, 9, 9), np.float32)
+        y = cb.conv2d_forward(xs, ws, None, (1, 1), (1, 1), (1, 1), out)
+        grads = cb.conv2d_backward(gs, xs, ws, (1, 1), (1, 1), (1, 1))
+        results.append((y.copy(), *grads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -6,22 +6,8 @@ import numba
 import numpy as np
 
 from fastconv._checks import check_array
-from fastconv._parallel import parallel_for
 from fastconv._threads import single_threaded_blas
-
-
-def _matmul_chunks(lo, hi, share, a, b, out, T):
-    """out = a @ b for row chunks [lo, hi) of T: one single-threaded BLAS call per chunk.
-    Plain NumPy: ``np.dot`` releases the GIL, so ``parallel_for`` runs the shares in parallel,
-    and there is nothing to compile (a numba kernel of this loop took 1.4 s to compile)."""
-    M = a.shape[0]
-    # Overflow to inf and NaN are results here, as in PyTorch (and in numba's np.dot), not
-    # warnings; NumPy's error state is per thread, so it is set in the thread that computes.
-    with np.errstate(all="ignore"):
-        for t in range(lo, hi):
-            r0, r1 = t * M // T, (t + 1) * M // T
-            if r1 > r0:
-                np.dot(a[r0:r1], b, out=out[r0:r1])
+from fastconv.kernels import matmul as kmatmul
 
 
 def _matmul(a, b):
@@ -34,9 +20,8 @@ def _matmul(a, b):
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    T = numba.config.NUMBA_NUM_THREADS
     with single_threaded_blas():
-        parallel_for(_matmul_chunks, T, a, b, out, T)
+        kmatmul._matmul(a, b, out, numba.config.NUMBA_NUM_THREADS)
     return out
 
 

@@ -15,20 +15,22 @@ and stored as NCHW rows; partial sums between chunks of input channels, and the 
 strided input gradient, wait in a blocked buffer (pixel-major, 16 channels contiguous).
 Convolutions with few output channels use ``_conv2d_fwd_pixels`` instead (16-pixel vectors).
 
-The kernels are serial: each runs iterations ``[lo, hi)`` of its loop as share ``share`` of
-``fastconv._parallel.parallel_for``, which runs the shares on threads (a ``prange`` loop over
-these large kernels doubled their compile time: see ``_parallel.py``). An iteration is one call
-of a serial kernel (``_item`` suffix), so one unit of work reads as a plain function, and
-``scratch[share]`` is the thread's row of scratch.
+Every ``prange`` body is one call of a serial kernel (``_item`` suffix): one unit of work
+reads as a plain function. The parallel kernels receive their item as an argument, a function
+pointer (``fastconv._kernel_pointer``): called directly, the item would be compiled again
+inside every parallel kernel that calls it, which doubled the engine's compile time. The
+pointer's signature is exact, so the loops pass int64 indices (prange's are unsigned).
 
 Tile shapes are compile-time constants carried by the types of dummy tuples ``(0,) * k``:
 ``blocks`` (NB), ``pixels`` (TR*TW) and ``cols`` (TW); ``_conv_blocked.py`` chooses them per
 shape. ``xstep`` is ``(0,) * sw`` (the column stride as a constant) or ``sw`` itself.
 """
 
+import numba
 import numpy as np
+from numba import prange
 
-from fastconv._config import jit
+from fastconv._config import jit, pjit
 from fastconv.kernels.simd import (
     tile_fma,
     tile_load,
@@ -91,23 +93,22 @@ def _blocked_to_nchw(buf, n, o0, out):
                 oh, ow = oh + 1, 0
 
 
-@jit
+@pjit
 def _conv2d_fwd_blocked(
-    lo, hi, share, x, wb, bb, pad, geo, phases, out, gchunk, cchunk, blocks, pixels, cols,
-    xstep, scratch,
-):  # fmt: skip
+    item, x, wb, bb, pad, geo, phases, out, gchunk, cchunk, blocks, pixels, cols, xstep, scratch
+):
     """out = conv2d(x, weight) + bias, or a transposed convolution (an input gradient) as
-    phases: see ``_conv2d_fwd_item``. Iterations [lo, hi) of N * ceil(G / gchunk): (sample,
-    chunk of ``gchunk`` groups of NB blocks); an iteration pads its sample once and computes
-    all its groups' channels. ``scratch`` (threads, buffer + padded sample): row ``share`` is
-    this thread's, for every iteration's temporaries (no allocation per iteration)."""
+    phases: ``item`` is ``_conv2d_fwd_item``. prange over (sample, chunk of ``gchunk`` groups
+    of NB blocks): the iteration pads its sample once and computes all its groups' channels.
+    ``scratch`` (threads, buffer + padded sample): one row per thread of numba's pool, which
+    each iteration uses for its temporaries (no allocation per iteration)."""
     G = wb.shape[0]
     nchunks = (G + gchunk - 1) // gchunk
-    for it in range(lo, hi):
-        n, g0 = it // nchunks, it % nchunks * gchunk
-        _conv2d_fwd_item(
+    for it in prange(x.shape[0] * nchunks):
+        n, g0 = np.int64(it) // nchunks, np.int64(it) % nchunks * gchunk
+        item(
             x, wb, bb, pad, geo, phases, out, n, g0, min(G, g0 + gchunk), cchunk,
-            blocks, pixels, cols, xstep, scratch[share],
+            blocks, pixels, cols, xstep, scratch[numba.get_thread_id()],
         )  # fmt: skip
 
 
@@ -242,40 +243,46 @@ def _nchw_to_blocked(g, n, gb, bias_part, sums):
             bias_part[o0 + j] = sums[j]
 
 
-@jit
-def _weight_grad_prepare(lo, hi, share, x, ph, pw, g, xs, gb, bias_part, sums, Hs, Ws):
-    """Samples [lo, hi): xs[n] (C*Hs*Ws + slack) = x[n] zero-padded (``_pad_sample``), gb[n]
-    (OB, P*16) = g[n] in 16-channel blocks and bias_part[n] its pixel sums
-    (``_nchw_to_blocked``)."""
-    for n in range(lo, hi):
-        _pad_sample(x, n, ph, pw, xs[n], Hs, Ws)
-        _nchw_to_blocked(g, n, gb[n], bias_part[n], sums[n])
-
-
-@jit
+@pjit
 def _conv2d_bwd_weight_blocked(
-    lo, hi, share, xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, cgroup, part, blocks, taps, cols
+    prepare, item, x, ph, pw, g, xs, gb, bias_part, sums, Hs, Ws, sh, sw, dh, dw, chunk, cgroup,
+    part, blocks, taps, cols,
 ):  # fmt: skip
-    """Partial weight gradients, one per chunk of ``chunk`` samples, from the padded samples
-    and blocked gradients of ``_weight_grad_prepare``: ``part[k, ob, c, kh, kw, j] = sum over
-    samples n of chunk k and output pixels (oh, ow) of g[n, 16*ob + j, oh, ow] *
-    x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]``.
+    """Partial weight and bias gradients, one per chunk of ``chunk`` samples:
+    ``part[k, ob, c, kh, kw, j] = sum over samples n of chunk k and output pixels (oh, ow) of
+    g[n, 16*ob + j, oh, ow] * x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]``,
+    ``bias_part[n, o]`` = sum over pixels of g[n, o].
 
-    part (K, OB, C, KHt, KW, 16), KHt a multiple of TRK. The register tile is NB blocks x TRK
-    kernel rows x KW taps of one input channel (``taps`` has TRK*KW entries, ``cols`` KW): each
-    output pixel loads NB gradient vectors and broadcasts TRK*KW inputs. Iterations [lo, hi)
-    of (chunk, group of NB blocks, group of ``cgroup`` channels). The chunks depend on the
-    shape only, so the sum over chunks (``_sum_chunks``) is the same at any thread count.
+    First, per sample (``prepare`` is ``_weight_grad_prepare``): xs[n] (C*Hs*Ws + slack) = x[n]
+    zero-padded, gb[n] (OB, P*16) = g[n] in 16-channel blocks. Then the products (``item`` is
+    ``_weight_grad_item``): part
+    (K, OB, C, KHt, KW, 16), KHt a multiple of TRK. The register tile is NB blocks x TRK kernel
+    rows x KW taps of one input channel (``taps`` has TRK*KW entries, ``cols`` KW): each output
+    pixel loads NB gradient vectors and broadcasts TRK*KW inputs. prange over (chunk, group of
+    NB blocks, group of ``cgroup`` channels). The chunks depend on the shape only, so the sum
+    over chunks (``_sum_chunks``) is the same at any thread count. One function for both
+    passes: each parallel kernel costs its own compile time.
     """
+    for n in prange(x.shape[0]):
+        prepare(x, np.int64(n), ph, pw, g, xs, gb, bias_part, sums, Hs, Ws)
     G, C = part.shape[1] // len(blocks), part.shape[2]
     CG = (C + cgroup - 1) // cgroup
-    for it in range(lo, hi):
-        k, rest = it // (G * CG), it % (G * CG)
+    OW = g.shape[3]
+    for it in prange(part.shape[0] * G * CG):
+        k, rest = np.int64(it) // (G * CG), np.int64(it) % (G * CG)
         grp, c0 = rest // CG, rest % CG * cgroup
-        _weight_grad_item(
+        item(
             xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part, k, grp, c0, min(C, c0 + cgroup),
             blocks, taps, cols,
         )  # fmt: skip
+
+
+@jit
+def _weight_grad_prepare(x, n, ph, pw, g, xs, gb, bias_part, sums, Hs, Ws):
+    """Sample n: xs[n] = x[n] zero-padded (``_pad_sample``), gb[n] = g[n] in 16-channel blocks
+    and bias_part[n] its sums over pixels (``_nchw_to_blocked``)."""
+    _pad_sample(x, n, ph, pw, xs[n], Hs, Ws)
+    _nchw_to_blocked(g, n, gb[n], bias_part[n], sums[n])
 
 
 @jit
@@ -344,13 +351,13 @@ def _pixels_padded_size(OH, OW, TR, nkh, nkw, dh, dw):
     return (OH + TR - 1) // TR * TR + (nkh - 1) * dh, (OW + 15) // 16 * 16 + (nkw - 1) * dw
 
 
-@jit
-def _conv2d_fwd_pixels(lo, hi, share, x, w, bias, pad, taps, out, rows, scratch):
+@pjit
+def _conv2d_fwd_pixels(item, x, w, bias, pad, taps, out, rows, scratch):
     """out = a stride-1 convolution of x with few output channels, vectorised over pixels:
-    see ``_conv2d_fwd_pixels_item``. Samples [lo, hi); ``scratch`` (threads, padded sample
-    size): row ``share`` is this thread's, for the padded sample."""
-    for n in range(lo, hi):
-        _conv2d_fwd_pixels_item(x, w, bias, pad, taps, out, n, rows, scratch[share])
+    ``item`` is ``_conv2d_fwd_pixels_item``. prange over samples; ``scratch`` (threads, padded
+    sample size): one row per thread of numba's pool for the padded sample."""
+    for n in prange(x.shape[0]):
+        item(x, w, bias, pad, taps, out, np.int64(n), rows, scratch[numba.get_thread_id()])
 
 
 @jit
