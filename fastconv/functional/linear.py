@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from fastconv._checks import check_array
+from fastconv._kernel_pointer import pointer
 from fastconv._threads import single_threaded_blas
 from fastconv.kernels import matmul as kmatmul
 
@@ -17,11 +18,13 @@ def _matmul(a, b):
     per thread of numba's pool (fixed for the process), not per thread in force: every output
     row comes from the same call at any thread count, so results are bit-identical."""
     a = np.ascontiguousarray(a)
-    if not (b.flags.c_contiguous or b.flags.f_contiguous):
-        b = np.ascontiguousarray(b)
-    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    transpose_b = b.flags.f_contiguous and not b.flags.c_contiguous
+    b = b.T if transpose_b else np.ascontiguousarray(b)  # C-contiguous either way
+    out = np.empty((a.shape[0], b.shape[0 if transpose_b else 1]), dtype=a.dtype)
+    T = numba.config.NUMBA_NUM_THREADS
+    item = pointer(kmatmul._matmul_rows, a.dtype, (a, b, transpose_b, out, 0, 0))
     with single_threaded_blas():
-        kmatmul._matmul(a, b, out, numba.config.NUMBA_NUM_THREADS)
+        kmatmul._matmul(item, a, b, transpose_b, out, T)
     return out
 
 
