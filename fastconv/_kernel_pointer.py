@@ -27,12 +27,12 @@ from numba.extending import typeof_impl
 class KernelPointer:
     """A jit kernel compiled for one signature, passed to jit code as a function pointer."""
 
-    __slots__ = ("numba_type", "_address", "__weakref__")
+    __slots__ = ("numba_type", "_address")
 
     def __init__(self, kernel, sample_args):
         argtypes = tuple(numba.typeof(a) for a in sample_args)
         kernel.compile(argtypes)
-        result = next(r for r in kernel.overloads.values() if r.signature.args == argtypes)
+        result = kernel.overloads[argtypes]
         self.numba_type = types.FunctionType(result.signature)
         # numba's C-ABI wrapper of the kernel: what first-class function values call.
         self._address = result.library.get_pointer_to_function(
