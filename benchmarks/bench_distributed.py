@@ -60,6 +60,7 @@ def _worker(steps, warmup, distributed):
     """One run: ``{"seconds", "images", "threads", ...}`` of ``steps`` timed training steps."""
     import fastconv
     from fastconv import models, nn, optim, training
+    from fastconv._data_parallel import _parallel_step
     from fastconv.datasets import DataLoader
 
     group = None
@@ -82,7 +83,7 @@ def _worker(steps, warmup, distributed):
         if group is None:
             training.train_step(model, criterion, optimizer, xb, yb)
         else:
-            training._parallel_step(model, criterion, optimizer, xb, yb, group)
+            _parallel_step(model, criterion, optimizer, xb, yb, group)
 
     for _ in range(warmup):
         step()

@@ -3,7 +3,65 @@ group object (``fastconv.distributed.ProcessGroup``) does the communication."""
 
 from __future__ import annotations
 
-from fastconv._run_dir import History, _random_streams
+import math
+
+import numpy as np
+
+from fastconv._run_dir import History, NonFiniteLossError, _random_streams
+
+
+def _check_averages(criterion):
+    """Data-parallel training averages the ranks' gradients: the loss must be a batch mean."""
+    if getattr(criterion, "reduction", "mean") != "mean":
+        raise ValueError(
+            "distributed training averages the ranks' gradients, so the criterion must "
+            f"average over the batch (reduction='mean'), got {criterion.reduction!r}"
+        )
+
+
+def _parallel_step(model, criterion, optimizer, x, y, group, interrupts=None):
+    """One rank's ``fastconv.training.train_step`` in data-parallel training: ``(loss, count,
+    correct)`` of the global batch (every rank's slice), the same on every rank.
+
+    The local slice's mean gradient is averaged over the ranks weighted by the slice's size
+    (``fastconv.distributed.allreduce_gradients``); the loss sum, the correct count and the
+    interrupt flag ride in the same collective. Every rank joins it even if its own loss is not
+    finite (or its slice is empty), and all raise :class:`NonFiniteLossError` together from the
+    summed loss, before the optimizer step.
+    """
+    n = len(y)
+    loss, right = 0.0, 0
+    stop = bool(interrupts is not None and interrupts.local.requested)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        optimizer.zero_grad()
+        if n:  # the last global batch may leave this rank no sample
+            logits = model(x)
+            loss = criterion(logits, y)
+            model._backward_params(criterion.backward())
+            right = int((logits.argmax(axis=1) == y).sum())
+        total, (loss_sum, right, stop) = group.allreduce_step(model, n, (loss * n, right, stop))
+        if interrupts is not None:
+            interrupts.requested = stop > 0
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLossError(f"the training loss became {loss_sum / max(total, 1)}")
+        optimizer.step()
+    return loss_sum / max(total, 1), total, int(right)
+
+
+def _open_on_root(group, open_run, model, optimizer, scheduler, loader):
+    """Rank 0 alone calls ``open_run()`` (checks the run directory, reads a resume); its error,
+    if any, is raised on every rank, else its state is sent to every rank
+    (:func:`_sync_from_root`). Returns the History to continue from."""
+    restored, failure = History(), None
+    if group.rank == 0:
+        try:
+            restored = open_run()
+        except Exception as e:
+            failure = e
+    agreed = group.broadcast_object(failure)
+    if agreed is not None:
+        raise failure if failure is not None else agreed
+    return _sync_from_root(group, model, optimizer, scheduler, loader, restored)
 
 
 def _sync_from_root(group, model, optimizer, scheduler, loader, restored):

@@ -256,6 +256,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on Ctrl-C at a step boundary; the message says what was saved."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss (or a weight) became NaN or infinite."""
+
+
 def plot_history(history, path, title=""):
     """Save loss and accuracy per epoch to ``path`` (PNG); False if matplotlib is missing."""
     try:

@@ -51,11 +51,17 @@ import numpy as np
 
 from fastconv import nn, optim
 from fastconv._checks import positive_int
-from fastconv._data_parallel import _AgreedInterrupts, _sync_from_root
+from fastconv._data_parallel import (
+    _AgreedInterrupts,
+    _check_averages,
+    _open_on_root,
+    _parallel_step,
+)
 from fastconv._jit_notice import announce_compilation
 from fastconv._run_dir import (
     _STATE,
     History,
+    NonFiniteLossError,
     RunDirectoryError,
     TrainingInterrupted,
     _Interrupts,
@@ -173,10 +179,6 @@ def load_data(dataset="fashion-mnist", root=None, limit=None, test_limit=None):
 # ---------------------------------------------------------------------------------------------
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss (or a weight) became NaN or infinite."""
-
-
 class Progress:
     """A progress bar: tqdm if installed, else one line rewritten with ``\\r`` on stderr."""
 
@@ -233,44 +235,6 @@ def train_step(model, criterion, optimizer, x, y):
         model._backward_params(criterion.backward())
         optimizer.step()
     return loss, logits
-
-
-def _check_averages(criterion):
-    """Data-parallel training averages the ranks' gradients: the loss must be a batch mean."""
-    if getattr(criterion, "reduction", "mean") != "mean":
-        raise ValueError(
-            "distributed training averages the ranks' gradients, so the criterion must "
-            f"average over the batch (reduction='mean'), got {criterion.reduction!r}"
-        )
-
-
-def _parallel_step(model, criterion, optimizer, x, y, group, interrupts=None):
-    """One rank's :func:`train_step` in data-parallel training: ``(loss, count, correct)`` of
-    the global batch (every rank's slice), the same on every rank.
-
-    The local slice's mean gradient is averaged over the ranks weighted by the slice's size
-    (``fastconv.distributed.allreduce_gradients``); the loss sum, the correct count and the
-    interrupt flag ride in the same collective. Every rank joins it even if its own loss is not
-    finite (or its slice is empty), and all raise :class:`NonFiniteLossError` together from the
-    summed loss, before the optimizer step.
-    """
-    n = len(y)
-    loss, right = 0.0, 0
-    stop = bool(interrupts is not None and interrupts.local.requested)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        optimizer.zero_grad()
-        if n:  # the last global batch may leave this rank no sample
-            logits = model(x)
-            loss = criterion(logits, y)
-            model._backward_params(criterion.backward())
-            right = int((logits.argmax(axis=1) == y).sum())
-        total, (loss_sum, right, stop) = group.allreduce_step(model, n, (loss * n, right, stop))
-        if interrupts is not None:
-            interrupts.requested = stop > 0
-        if not math.isfinite(loss_sum):
-            raise NonFiniteLossError(f"the training loss became {loss_sum / max(total, 1)}")
-        optimizer.step()
-    return loss_sum / max(total, 1), total, int(right)
 
 
 def train_epoch(
@@ -520,24 +484,17 @@ def train(
     out = None if out_dir is None else Path(out_dir)
     if resume and (out is None or history):
         raise ValueError("resume=True needs out_dir, and no history (it reads it)")
-    try:
-        restored = History()
-        if root:
-            restored = _open_run(
-                out, resume, overwrite, history, model, optimizer, train_loader, scheduler,
-                config, title, say,
-            )  # fmt: skip
-        failure = None
-    except Exception as e:
-        if distributed is None:
-            raise
-        failure = e
-    if distributed is not None:
-        # Rank 0's verdict on the run directory, then its state, on every rank.
-        agreed = distributed.broadcast_object(failure)
-        if agreed is not None:
-            raise failure if failure is not None else agreed
-        restored = _sync_from_root(distributed, model, optimizer, scheduler, train_loader, restored)
+
+    def open_run():
+        return _open_run(
+            out, resume, overwrite, history, model, optimizer, train_loader, scheduler, config,
+            title, say,
+        )  # fmt: skip
+
+    if distributed is None:
+        restored = open_run()
+    else:  # rank 0 opens the run; its verdict, then its state, on every rank
+        restored = _open_on_root(distributed, open_run, model, optimizer, scheduler, train_loader)
     position = (restored.step, restored.totals, restored.loader_state)
     history = list(restored)
     write = out if root else None  # the directory this rank writes in

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from fastconv import models, nn, optim, training
+from fastconv._data_parallel import _parallel_step
 from fastconv.datasets import DataLoader
 
 # 9 full global batches of 16 and a last one of 1 sample: with 2 ranks, rank 1's slice of the
@@ -170,7 +171,7 @@ def main(argv):
         for step, (xb, yb) in enumerate(loader):
             if group.rank == 1 and step == 2:
                 raise RuntimeError("rank 1 fails on purpose")
-            training._parallel_step(model, nn.CrossEntropyLoss(), optimizer, xb, yb, group)
+            _parallel_step(model, nn.CrossEntropyLoss(), optimizer, xb, yb, group)
         return
     results = {}
     for name, dtype, loop, model_name in CASES:
