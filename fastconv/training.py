@@ -351,11 +351,6 @@ def _is_finite(model):
 # ---------------------------------------------------------------------------------------------
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
-
-
 def _open_run(
     out, resume, overwrite, history, model, optimizer, loader, scheduler, config, title, say
 ):
@@ -379,6 +374,11 @@ def _open_run(
             saved_config = restored.config if config is None else config
             _repair_outputs(out, model, list(restored), saved_config, title)
     return restored
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
 
 
 def train(
