@@ -108,10 +108,12 @@ def _build(model, tracer, x, out, opset, batch):
     producers = {id(node.output): node for node in tracer.nodes}
     names = {id(x): "input"}
 
-    # Only what the output needs (a branch computed and dropped is not exported).
-    needed, stack = set(), [out]
+    # Only what the output needs (a branch computed and dropped is not exported); the same walk
+    # finds whether the output depends on the input at all (checked after the converters).
+    needed, stack, uses_input = set(), [out], False
     while stack:
         t = stack.pop()
+        uses_input = uses_input or t is x
         node = producers.get(id(t))
         if node is not None and id(node) not in needed:
             needed.add(id(node))
@@ -150,7 +152,7 @@ def _build(model, tracer, x, out, opset, batch):
                 ) from None
         names[id(node.output)] = result
 
-    if id(out) not in names or not _depends_on(out, x, producers):
+    if not uses_input:
         raise ValueError(
             "fastconv.onnx.export: the model's output does not depend on its input through "
             "Tensor operations (was it computed from .data with NumPy?), so it cannot be traced"
@@ -168,19 +170,6 @@ def _build(model, tracer, x, out, opset, batch):
 
 def _site(node):
     return f"module {node.where!r}" if node.where else "the model's forward"
-
-
-def _depends_on(out, x, producers):
-    seen, stack = set(), [out]
-    while stack:
-        t = stack.pop()
-        if t is x:
-            return True
-        node = producers.get(id(t))
-        if node is not None and id(node) not in seen:
-            seen.add(id(node))
-            stack.extend(node.inputs)
-    return False
 
 
 def _check_path(path):
