@@ -16,14 +16,10 @@ from fastconv import nn
 from fastconv._checks import pair
 
 
-def _label(name, module):
-    return f"{name or '<the model>'!r} ({type(module).__name__})"
-
-
 def _unsupported(name, module, option):
     return ValueError(
-        f"fastconv.onnx.export: module {_label(name, module)}: {option} has no ONNX equivalent "
-        "that this exporter writes"
+        f"fastconv.onnx.export: module {name!r} ({type(module).__name__}): {option} has no ONNX "
+        "equivalent that this exporter writes"
     )
 
 
@@ -145,14 +141,11 @@ def max_pool2d(g, m, x, xt, yt, name):
     )
 
 
-def _avg_divisors(size, out, k, s, p, include_pad):
-    """PyTorch's divisor of each output position along one axis: the window clipped to the
-    padded input (``count_include_pad``) or to the input."""
+def _avg_divisors(size, out, k, s, p):
+    """PyTorch's divisor of each output position along one axis with ``count_include_pad``:
+    the window clipped to the padded input."""
     start = np.arange(out) * s - p
-    end = np.minimum(start + k, size + p)
-    if not include_pad:
-        start, end = np.maximum(start, 0), np.minimum(end, size)
-    return end - start
+    return np.minimum(start + k, size + p) - start
 
 
 def avg_pool2d(g, m, x, xt, yt, name):
@@ -181,7 +174,7 @@ def avg_pool2d(g, m, x, xt, yt, name):
     )  # fmt: skip
     if divisor is None:
         rows, cols = (
-            _avg_divisors(xt.shape[2 + i], yt.shape[2 + i], kernel[i], stride[i], padding[i], True)
+            _avg_divisors(xt.shape[2 + i], yt.shape[2 + i], kernel[i], stride[i], padding[i])
             for i in range(2)
         )
         divisor = np.outer(rows, cols)[None, None]
