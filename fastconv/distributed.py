@@ -194,12 +194,8 @@ def _allreduce_gradients(model, count, stats, comm):
         start = 0
         for k, ((i, _), size) in enumerate(zip(members, sizes, strict=True)):
             grad = params[i].grad
-            if grad is not None:
-                part = flat[start : start + size]
-                if count is None:
-                    part[:] = grad.reshape(-1)
-                else:
-                    np.multiply(grad.reshape(-1), weight, out=part)
+            if grad is not None:  # times 1 when count is None: the same values
+                np.multiply(grad.reshape(-1), weight, out=flat[start : start + size])
                 flat[n + k] = 1
             start += size
         flat[n + len(members)] = weight
@@ -218,7 +214,7 @@ def _allreduce_gradients(model, count, stats, comm):
             if flat[n + k] > 0 and total > 0:
                 p.grad = flat[start : start + size].reshape(p.data.shape)
             start += size
-    return (int(round(float(total))) if count is not None else comm.Get_size()), summed
+    return int(round(float(total))), summed  # the world size when every weight is 1
 
 
 def allreduce_gradients(model, count=None, comm=None):
