@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from benchmarks._load import load_average
 from fastconv.autograd._heap import MMAP_THRESHOLD, TRIM_THRESHOLD
 
 MODEL = "lenet"
@@ -139,7 +140,7 @@ def measure(n=20000, rounds=3, chunk=1000, batch_size=256):
 
 def report(n=20000, rounds=3, chunk=1000, batch_size=256):
     """The markdown table of ``measure``, with the command and the machine's load."""
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     speeds = measure(n, rounds, chunk, batch_size)
     base = next(iter(speeds.values()))
     lines = [

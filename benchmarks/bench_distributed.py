@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -42,6 +41,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._load import load_average
 
 MODEL = "lenet"
 BATCH = 64  # global batch
@@ -174,7 +175,7 @@ def measure(steps=60, rounds=3, warmup=5):
 
 def report(steps=60, rounds=3, warmup=5):
     """The markdown tables of ``measure``, with the machine's load and the scaling estimate."""
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     runs = measure(steps, rounds, warmup)
 
     def med(name, key):

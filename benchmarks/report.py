@@ -51,6 +51,7 @@ import fastconv  # noqa: E402
 from benchmarks import _roofline  # noqa: E402
 from benchmarks._breakdown import step_ops  # noqa: E402
 from benchmarks._layers import PASSES, SHAPE_IDS, SHAPES, make_op  # noqa: E402
+from benchmarks._load import load_average  # noqa: E402
 from benchmarks._nets import BATCH, NETS, STEPS_PER_EPOCH, synthetic_batch, trainer  # noqa: E402
 from benchmarks._threading import use_openmp_unless_set  # noqa: E402
 from benchmarks.train_torch import DATA_DIR, load_split  # noqa: E402
@@ -198,7 +199,7 @@ def machine(args):
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}" for name in ("numpy", "numba", "torch")
     )
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     target = os.environ.get("NUMBA_CPU_NAME") or llvm.get_host_cpu_name()
     title = args.title or "fastconv benchmark report"
     return (
