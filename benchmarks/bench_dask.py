@@ -81,8 +81,7 @@ def _variants(n, chunk, batch_size, clients):
     import fastconv.dask as fd
     from fastconv import models
 
-    model = models.build(MODEL, rng=0)
-    eval_model = models.build(MODEL, rng=0).eval()
+    model = models.build(MODEL, rng=0).eval()  # in-process as on the workers
     # FashionMNIST-shaped random images, made on each cluster's workers and kept there (the
     # same values: dask's generator is seeded per block); gathered here once.
     shape = (n, 1, 28, 28)
@@ -95,7 +94,7 @@ def _variants(n, chunk, batch_size, clients):
 
     def in_process():
         with fastconv.threads(THREADS), fastconv.no_grad():
-            return [eval_model(images[i : i + batch_size]) for i in range(0, n, batch_size)]
+            return [model(images[i : i + batch_size]) for i in range(0, n, batch_size)]
 
     def workers(name):
         return lambda: (
