@@ -2,7 +2,7 @@
 processes (and on dask's threads in this process), in images/s.
 
 ``python -m benchmarks.bench_dask [--images 20000] [--rounds 3]`` prints a markdown table;
-``report(...)`` returns it as markdown (the command prints it). Needs the dask extra
+``report(...)`` returns that table. Needs the dask extra
 (``pip install -e ".[dask]"``); nothing here is a pytest benchmark, so ``pytest
 --benchmark-only`` does not start a cluster.
 

@@ -1,7 +1,7 @@
 """Data-parallel training over MPI: lenet on 2 ranks x 1 thread against 1 process x 2 threads.
 
 ``python -m benchmarks.bench_distributed [--steps 60] [--rounds 3]`` prints a markdown table;
-``report(...)`` returns it as markdown (the command prints it). Needs the mpi extra
+``report(...)`` returns that table. Needs the mpi extra
 (``pip install -e ".[mpi]"``: mpi4py and the mpich wheel's ``mpiexec``); nothing here is a
 pytest benchmark, so ``pytest --benchmark-only`` does not start MPI jobs.
 
