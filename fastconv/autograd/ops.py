@@ -173,10 +173,8 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 def transpose(x, dim0, dim1):
     d0, d1 = _dims(x, dim0, "dim0")[0], _dims(x, dim1, "dim1")[0]
-    dims = list(range(x.ndim))
-    dims[d0], dims[d1] = d1, d0
     y = x.data.swapaxes(d0, d1)
-    return _record(y, (x,), lambda g: (g.swapaxes(d0, d1),), ("permute", {"dims": tuple(dims)}))
+    return _record(y, (x,), lambda g: (g.swapaxes(d0, d1),), ("transpose", {"dims": (d0, d1)}))
 
 
 def permute(x, *dims):

@@ -51,6 +51,14 @@ def permute(g, attrs, inputs, tensors, out, name):
     return g.node("Transpose", inputs, name, perm=list(attrs["dims"]))
 
 
+def transpose(g, attrs, inputs, tensors, out, name):
+    """``transpose(dim0, dim1)``: the permutation that swaps the two axes."""
+    perm = list(range(tensors[0].ndim))
+    d0, d1 = attrs["dims"]
+    perm[d0], perm[d1] = d1, d0
+    return g.node("Transpose", inputs, name, perm=perm)
+
+
 def _softmax(op_type):
     def convert(g, attrs, inputs, tensors, out, name):
         return g.node(op_type, inputs, name, axis=attrs["dim"])
@@ -131,6 +139,7 @@ CONVERTERS = {
     "mean": _reduce("ReduceMean"),
     "reshape": reshape,
     "permute": permute,
+    "transpose": transpose,
     "softmax": _softmax("Softmax"),
     "log_softmax": _softmax("LogSoftmax"),
     "cat": cat,
