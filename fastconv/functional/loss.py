@@ -72,12 +72,15 @@ def _check_target(target, logits, ignore_index):
         )
     if target.shape != (N,):
         raise ValueError(f"target must have shape ({N},), got {target.shape}")
-    kept = target[target != ignore_index]
-    if kept.size and (kept.min() < 0 or kept.max() >= C):
-        raise ValueError(
-            f"target values must lie in [0, {C}) or equal ignore_index ({ignore_index}), got "
-            f"[{kept.min()}, {kept.max()}]"
-        )
+    # Two reductions in the common case (every target a class); only a target outside [0, C)
+    # sets the ignored rows aside (a copy) to look again.
+    if target.size and (target.min() < 0 or target.max() >= C):
+        kept = target[target != ignore_index]
+        if kept.size and (kept.min() < 0 or kept.max() >= C):
+            raise ValueError(
+                f"target values must lie in [0, {C}) or equal ignore_index ({ignore_index}), "
+                f"got [{kept.min()}, {kept.max()}]"
+            )
     return target
 
 
