@@ -205,8 +205,11 @@ def cross_entropy_backward(
         grad *= coef.sum(axis=1, keepdims=True)
         grad -= coef
     if reduction == "mean" and logits.shape[0]:
+        scale = 1 / divisor if divisor else np.nan
         if coef is None:
             grad /= divisor
+        elif keep.all():  # no ignored row: in place, without a masked copy of grad
+            grad *= scale
         else:  # only the kept rows: an ignored row stays 0 even when the divisor is 0
-            grad[keep] *= 1 / divisor if divisor else np.nan
+            grad[keep] *= scale
     return grad
