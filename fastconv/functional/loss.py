@@ -124,9 +124,12 @@ def _ce_coefficients(logits, target, weight, ignore_index, label_smoothing):
     """
     N, C = logits.shape
     if target.ndim == 2:  # class probabilities: every row counts, "mean" divides by N
-        coef = target * (1 - label_smoothing) + label_smoothing / C
-        coef = coef if weight is None else coef * weight
-        return coef.astype(logits.dtype, copy=False), np.ones(N, bool), float(N)
+        coef = target  # read only: no copy unless smoothed or weighted (both keep its dtype)
+        if label_smoothing:
+            coef = coef * (1 - label_smoothing) + label_smoothing / C
+        if weight is not None:
+            coef = coef * weight
+        return coef, np.ones(N, bool), float(N)
     keep = target != ignore_index
     if weight is None and label_smoothing == 0.0 and keep.all():
         return None, keep, float(N)
