@@ -61,7 +61,8 @@ class Sequential(Module):
         order = list(self._modules.values())
         for i in range(len(order) - 1):
             pool = order[i + 1]
-            # Not a pool returning indices: the argmax of a window of ReLU's zeros would differ.
+            # Not a pool returning indices: its (y, indices) pair cannot go into the ReLU, and
+            # indices must be the argmax of ReLU's output (a window of zeros has another one).
             if type(order[i]) is ReLU and type(pool) is MaxPool2d and not pool.return_indices:
                 order[i], order[i + 1] = order[i + 1], order[i]
         return order
