@@ -120,6 +120,21 @@ def _pool_pads(xt, yt, kernel, stride, padding, dilation=(1, 1)):
     return [padding[0], padding[1], *end]
 
 
+def _window(g, op_type, inputs, name, kernel, stride, pads, **attributes):
+    """A pooling window's node (MaxPool, AveragePool, or the Conv that sums windows):
+    ``kernel`` and ``stride`` pairs, ``pads`` (top, left, bottom, right), and the operator's
+    own ``attributes``."""
+    return g.node(
+        op_type,
+        inputs,
+        name,
+        kernel_shape=list(kernel),
+        strides=list(stride),
+        pads=pads,
+        **attributes,
+    )
+
+
 def max_pool2d(g, m, x, xt, yt, name):
     kernel, stride = pair("kernel_size", m.kernel_size), pair("stride", m.stride)
     padding, dilation = pair("padding", m.padding), pair("dilation", m.dilation)
@@ -130,15 +145,7 @@ def max_pool2d(g, m, x, xt, yt, name):
         spec = g.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], f"{name}.pads")
         low = g.constant(np.asarray(-np.inf, xt.dtype), f"{name}.pad_value")
         x, pads = g.node("Pad", [x, spec, low], f"{name}.pad"), [0, 0, 0, 0]
-    return g.node(
-        "MaxPool",
-        [x],
-        name,
-        kernel_shape=list(kernel),
-        strides=list(stride),
-        pads=pads,
-        dilations=list(dilation),
-    )
+    return _window(g, "MaxPool", [x], name, kernel, stride, pads, dilations=list(dilation))
 
 
 def _avg_divisors(size, out, k, s, p):
@@ -155,23 +162,15 @@ def avg_pool2d(g, m, x, xt, yt, name):
     divisor = getattr(m, "divisor_override", None)
     overhang = pads[2:] != pads[:2]  # ceil_mode added windows past the padding
     if divisor is None and not (m.count_include_pad and overhang):
-        return g.node(
-            "AveragePool",
-            [x],
-            name,
-            kernel_shape=list(kernel),
-            strides=list(stride),
-            pads=pads,
-            count_include_pad=int(m.count_include_pad),
+        include_pad = int(m.count_include_pad)
+        return _window(
+            g, "AveragePool", [x], name, kernel, stride, pads, count_include_pad=include_pad
         )
     # ONNX's divisor would count the extra end padding too (or ignore divisor_override): sum
     # the windows with a depthwise all-ones convolution and divide by PyTorch's divisors.
     C = xt.shape[1]
     ones = g.constant(np.ones((C, 1, *kernel), xt.dtype), f"{name}.ones")
-    sums = g.node(
-        "Conv", [x, ones], f"{name}.sum", kernel_shape=list(kernel), strides=list(stride),
-        pads=pads, group=C,
-    )  # fmt: skip
+    sums = _window(g, "Conv", [x, ones], f"{name}.sum", kernel, stride, pads, group=C)
     if divisor is None:
         rows, cols = (
             _avg_divisors(xt.shape[2 + i], yt.shape[2 + i], kernel[i], stride[i], padding[i])
