@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from fastconv._checks import check_array, is_int, real
+from fastconv._checks import check_array, check_probability, is_int, real
 
 
 def _check_axis(x, axis):
@@ -105,11 +105,9 @@ def check_ignore_index(ignore_index):
 
 
 def check_label_smoothing(label_smoothing):
-    """``label_smoothing`` as a float in [0, 1]."""
-    value = real("label_smoothing", label_smoothing)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    return value
+    """``label_smoothing`` as a float in [0, 1]: ``real`` refuses a non-number (TypeError),
+    ``check_probability`` the range (ValueError)."""
+    return check_probability("label_smoothing", real("label_smoothing", label_smoothing))
 
 
 def _ce_coefficients(logits, target, weight, ignore_index, label_smoothing):

@@ -5,20 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 import fastconv.functional as F
-from fastconv._checks import check_bool, float_dtype, positive_int, real
+from fastconv._checks import check_bool, check_probability, float_dtype, positive_int, real
 from fastconv.autograd.tensor import _record
 from fastconv.nn.linear import _accumulate_weight_and_bias
 from fastconv.nn.module import Module, Parameter
 
 
 def _check_momentum(momentum):
-    """None (a cumulative average) or a float in [0, 1]."""
+    """None (a cumulative average) or a float in [0, 1]: ``real`` refuses a non-number
+    (TypeError), ``check_probability`` the range (ValueError)."""
     if momentum is None:
         return None
-    value = real("momentum", momentum)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"momentum must be None or in [0, 1], got {momentum!r}")
-    return value
+    return check_probability("momentum", real("momentum", momentum))
 
 
 class _BatchNorm(Module):
