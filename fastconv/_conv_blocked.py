@@ -276,15 +276,16 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
     )
     ph, pw = padding_before
     tiles = (0,) * nb, (0,) * (krows * KW), (0,) * KW
+    wstep = _step(dw)  # the taps' column step, a constant when small
     prepare = pointer(
         _weight_grad_prepare, (), (x, 0, ph, pw, grad_out, xs, gb, bias_part, sums, Hs, Ws)
     )
     item = pointer(
-        _weight_grad_item, (nb, krows, KW),
-        (xs, gb, Hs, Ws, sh, sw, dh, dw, OW, chunk, part, 0, 0, 0, 0, *tiles),
+        _weight_grad_item, (nb, krows, KW, wstep),
+        (xs, gb, Hs, Ws, sh, sw, dh, wstep, OW, chunk, part, 0, 0, 0, 0, *tiles),
     )  # fmt: skip
     _conv2d_bwd_weight_blocked(
-        prepare, item, x, ph, pw, grad_out, xs, gb, bias_part, sums, Hs, Ws, sh, sw, dh, dw,
+        prepare, item, x, ph, pw, grad_out, xs, gb, bias_part, sums, Hs, Ws, sh, sw, dh, wstep,
         chunk, cgroup, part, *tiles,
     )  # fmt: skip
     _sum_chunks(part, bias_part, grad_w, grad_b)
