@@ -22,6 +22,8 @@ MAX_SIZE = 2**31 - 1
 
 def is_int(value):
     """True for Python and NumPy integers, but not for bools (``True`` is not a size)."""
+    if type(value) is int:  # the common case, without the slower ABC check below
+        return True
     return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
         value, (bool, np.bool_)
     )

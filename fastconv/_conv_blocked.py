@@ -14,6 +14,9 @@ results are bit-identical at any thread count.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import llvmlite.binding as llvm
 import numba
 import numpy as np
@@ -116,35 +119,57 @@ def _step(s):
 
 def _run(x, weight, bias, pad, geo, phases, out, tile, xstep):
     """Pack ``weight`` and call the blocked kernel: bias (O,) or None, geo/phases as in
-    ``_conv2d_fwd_item``. Temporaries come from the planner's one per-thread workspace."""
-    N, O = out.shape[:2]
-    C, KH, KW = weight.shape[1:]
-    nb, tr, tw = tile
-    sh, sw, dh, dw, tsh, tsw, osh, osw, Hs, Ws, Hb, Wb, r0, c0 = geo
-    groups = -(-_blocks(O) // nb)
-    wb, bb, scratch = workspace(
-        ((groups, C, KH, KW, nb * 16), np.float32),
-        ((groups * nb * 16,), np.float32),
-        _scratch_spec(nb * Hb * Wb * 16 + C * Hs * Ws + tw * sw + 16),
-    )
+    ``_conv2d_fwd_item`` (phases: a tuple of tuples). Temporaries come from the planner's one
+    per-thread workspace."""
+    O = out.shape[1]
+    plan = _run_plan(
+        out.shape[:2], weight.shape[1:], geo, phases, tile, get_num_threads(),
+        tuning().blocked_weight_chunk_bytes,
+    )  # fmt: skip
+    wb, bb, scratch = workspace(*plan.specs)
     _pack_weights(weight, wb)
     bb[:] = 0.0
     if bias is not None:
         bb[:O] = bias
-    # One iteration per (sample, all blocks) pads each sample once; with few samples, one per
-    # (sample, group of blocks) keeps both threads busy. No effect on the results.
-    gchunk = groups if N >= 4 * get_num_threads() else 1
-    taps = max(p[5] * p[7] for p in phases)  # weight taps per channel of the largest phase
-    cchunk = max(1, tuning().blocked_weight_chunk_bytes // (nb * max(1, taps) * 64))
-    phases = np.array(phases, dtype=np.int64).reshape(-1, 10)
-    args = x, wb, bb, pad, geo, phases, out, gchunk, cchunk
-    tiles = (0,) * nb, (0,) * (tr * tw), (0,) * tw, xstep
+    args = x, wb, bb, pad, geo, plan.phases, out, plan.gchunk, plan.cchunk
+    tiles = (*plan.tiles, xstep)
     item = pointer(
         _conv2d_fwd_item, (tile, xstep),  # the tile and the stride fix every argument type
-        (x, wb, bb, pad, geo, phases, out, 0, 0, 0, cchunk, *tiles, scratch[0]),
+        (x, wb, bb, pad, geo, plan.phases, out, 0, 0, 0, plan.cchunk, *tiles, scratch[0]),
     )  # fmt: skip
     _conv2d_fwd_blocked(item, *args, *tiles, scratch)
     return out
+
+
+class _RunPlan(NamedTuple):
+    specs: tuple  # the workspace specs: packed weights, bias, per-thread scratch
+    gchunk: int
+    cchunk: int
+    phases: np.ndarray  # read-only: the plan is shared by every call of its shape
+    tiles: tuple  # the dummy tuples of the tile shape: blocks, pixels, columns
+
+
+@functools.lru_cache(maxsize=256)
+def _run_plan(NO, CKK, geo, phases, tile, threads, chunk_bytes):
+    """What ``_run`` derives from the shapes alone, once per shape (about 10 µs a call)."""
+    N, O = NO
+    C, KH, KW = CKK
+    nb, tr, tw = tile
+    sh, sw, dh, dw, tsh, tsw, osh, osw, Hs, Ws, Hb, Wb, r0, c0 = geo
+    groups = -(-_blocks(O) // nb)
+    specs = (
+        ((groups, C, KH, KW, nb * 16), np.float32),
+        ((groups * nb * 16,), np.float32),
+        _scratch_spec(nb * Hb * Wb * 16 + C * Hs * Ws + tw * sw + 16),
+    )
+    # One iteration per (sample, all blocks) pads each sample once; with few samples, one per
+    # (sample, group of blocks) keeps both threads busy. No effect on the results.
+    gchunk = groups if N >= 4 * threads else 1
+    taps = max(p[5] * p[7] for p in phases)  # weight taps per channel of the largest phase
+    cchunk = max(1, chunk_bytes // (nb * max(1, taps) * 64))
+    table = np.array(phases, dtype=np.int64).reshape(-1, 10)
+    table.flags.writeable = False
+    return _RunPlan(specs, gchunk, cchunk, table, ((0,) * nb, (0,) * (tr * tw), (0,) * tw))
 
 
 def _pixels(x, weight, bias, pad, taps, out):
@@ -175,7 +200,7 @@ def conv2d_forward(x, weight, bias, stride, padding_before, dilation, out):
     ohr, owr = -(-OH // tr) * tr, -(-OW // tw) * tw  # rows and columns of whole tiles
     Hs, Ws = (ohr - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
     geo = (sh, sw, dh, dw, 1, 1, 1, 1, Hs, Ws, ohr, owr, 0, 0)
-    phases = [(OH, OW, 0, 0, 0, KH, 0, KW, 0, 0)]
+    phases = ((OH, OW, 0, 0, 0, KH, 0, KW, 0, 0),)
     return _run(x, weight, bias, tuple(padding_before), geo, phases, out, tile, _step(sw))
 
 
@@ -231,12 +256,12 @@ def _input_grad(grad_out, weight, stride, padding_before, dilation, grad_x):
     tile = nb, tr, tw = _forward_tile(C, max(r[0] for r in rows), max(c[0] for c in cols))
     mh = -(-max(r[0] for r in rows) // tr) * tr  # phase rows and columns of whole tiles
     mw = -(-max(c[0] for c in cols) // tw) * tw
-    phases = [
+    phases = tuple(
         (ch, cw, ih0, iw0, kh0, nkh, kw0, nkw, bh, bw)
         for ch, ih0, kh0, nkh, bh in rows
         for cw, iw0, kw0, nkw, bw in cols
         if ch > 0 and cw > 0
-    ]
+    )
     # Extents: the padded grad_out rows every tile reads, the buffer rows every tile writes.
     Hs = max(mh + max(1, nkh) - 1 + ih0 for _, ih0, _, nkh, _ in rows)
     Ws = max(mw + max(1, nkw) - 1 + iw0 for _, iw0, _, nkw, _ in cols)

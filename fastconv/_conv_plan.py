@@ -203,16 +203,24 @@ def workspace(*specs):
     They stay valid until the next ``workspace`` call in the same thread, which reuses the
     memory: take every temporary of a kernel call at once, and never return one to a caller.
     """
+    try:
+        return _buffers.views[specs]  # the same arrays as last time: the buffer has not grown
+    except (AttributeError, KeyError):
+        pass
     offsets, total = _layout(specs)
     buffer, start = getattr(_buffers, "current", (None, 0))
     if buffer is None or buffer.size < start + total:
         buffer = np.empty(total + _ALIGN, dtype=np.uint8)
         start = -buffer.ctypes.data % _ALIGN
         _buffers.current = buffer, start
-    return [
+        _buffers.views = {}  # views of the old buffer would keep it alive
+    views = [
         np.ndarray(shape, dtype, buffer, start + offset)
         for (shape, dtype), offset in zip(specs, offsets, strict=True)
     ]
+    if len(_buffers.views) < 256:  # a bound for programs of ever-changing shapes
+        _buffers.views[specs] = views
+    return views
 
 
 # =============================================================================================

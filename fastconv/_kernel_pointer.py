@@ -75,14 +75,16 @@ _pointers = {}
 _lock = threading.Lock()
 
 
+# The array flags numba's array types carry: the layout (C, F or any) and whether the array is
+# aligned and writeable (a user's read-only input is typed apart). NumPy's flag bits.
+_TYPED_FLAGS = 0x0001 | 0x0002 | 0x0100 | 0x0400  # C_CONTIGUOUS F_CONTIGUOUS ALIGNED WRITEABLE
+
+
 def pointer(kernel, key, sample_args):
     """``kernel`` compiled for ``sample_args``' types, memoized by ``kernel``, ``key`` and the
-    arrays' writeable and aligned flags (which numba's array types carry: a user's read-only
-    input is typed apart). ``key`` must determine the rest of the types: dtypes, dimensions,
+    arrays' typed flags. ``key`` must determine the rest of the types: dtypes, dimensions,
     tuple lengths."""
-    flags = tuple(
-        (a.flags.writeable, a.flags.aligned) for a in sample_args if isinstance(a, np.ndarray)
-    )
+    flags = tuple([a.flags.num & _TYPED_FLAGS for a in sample_args if isinstance(a, np.ndarray)])
     full_key = kernel, key, flags
     try:
         return _pointers[full_key]
