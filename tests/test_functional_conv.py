@@ -233,6 +233,9 @@ def test_workspace_arrays_are_aligned_and_disjoint_and_reused():
     assert a.sum() == 15 and b.sum() == 14 and c.sum() == 12  # no overlap
     (d,) = plan.workspace(((4,), np.float32))
     assert d.ctypes.data == a.ctypes.data  # the next call reuses the same buffer
+    (big,) = plan.workspace(((1 << 22,), np.float32))  # grows the buffer: a new one
+    (e,) = plan.workspace(((4,), np.float32))
+    assert e.base is big.base  # a view of the new buffer, not the one remembered before
 
 
 @pytest.mark.parametrize("case", ["many_ch_k3", "asym_stride_pad_dil", "depthwise_same"])

@@ -272,6 +272,16 @@ def test_hostile_geometry_arguments_are_named(call, arg, value):
     _raises_naming(lambda: call(**{arg: value}), arg)
 
 
+def test_memoized_geometry_still_refuses_bools():
+    """The window geometry is memoized for plain ints and tuples; True hashes and compares
+    equal to 1, and must still be refused after stride=1 has been memoized."""
+    x, w = np.ones((1, 1, 6, 6), np.float32), np.ones((2, 1, 3, 3), np.float32)
+    for _ in range(2):
+        F.conv2d(x, w, stride=1, padding=1, dilation=1)
+    for arg, value in (("stride", True), ("padding", True), ("dilation", True)):
+        _raises_naming(lambda arg=arg, value=value: F.conv2d(x, w, **{arg: value}), arg)
+
+
 SHAPED = {
     "max_pool2d_backward": lambda shape: F.max_pool2d_backward(g4, idx, shape),
     "avg_pool2d_backward": lambda shape: F.avg_pool2d_backward(g4, shape, 2),
