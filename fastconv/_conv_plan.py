@@ -154,8 +154,15 @@ _forced = contextvars.ContextVar("fastconv_conv_algorithm")
 def choose(conv):
     """The ``Algorithm`` for this convolution: the one ``use_algorithm`` forces if it can
     compute the shape, else the first in ``_algorithms()`` whose measured ``chosen`` holds."""
+    return _choose(conv, _forced.get(None), tuning())
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose(conv, forced, tuning_in_force):
+    """``choose``, once per convolution, forced algorithm and tuning (the choice depends on
+    nothing else; a layer asks the same question on every step)."""
+    del tuning_in_force  # read by ``chosen`` through ``tuning()``; part of the key only
     algorithms = _algorithms()
-    forced = _forced.get(None)
     if forced is not None and algorithms[forced].runs(conv):
         return algorithms[forced]
     return next(a for a in algorithms.values() if a.chosen(conv))
