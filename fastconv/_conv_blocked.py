@@ -23,7 +23,7 @@ import numpy as np
 
 from fastconv._config import tuning
 from fastconv._conv_plan import workspace
-from fastconv._kernel_pointer import pointer
+from fastconv._kernel_pointer import TYPED_FLAGS, pointer
 from fastconv._threads import get_num_threads
 from fastconv.kernels.conv_blocked import (
     _conv2d_bwd_weight_blocked,
@@ -133,10 +133,13 @@ def _run(x, weight, bias, pad, geo, phases, out, tile, xstep):
         bb[:O] = bias
     args = x, wb, bb, pad, geo, plan.phases, out, plan.gchunk, plan.cchunk
     tiles = (*plan.tiles, xstep)
-    item = pointer(
-        _conv2d_fwd_item, (tile, xstep),  # the tile and the stride fix every argument type
-        (x, wb, bb, pad, geo, plan.phases, out, 0, 0, 0, plan.cchunk, *tiles, scratch[0]),
-    )  # fmt: skip
+    flags = x.flags.num & TYPED_FLAGS, out.flags.num & TYPED_FLAGS  # the rest is the plan's
+    item = plan.items.get(flags)
+    if item is None:
+        item = plan.items[flags] = pointer(
+            _conv2d_fwd_item, (tile, xstep),  # the tile and the stride fix every argument type
+            (x, wb, bb, pad, geo, plan.phases, out, 0, 0, 0, plan.cchunk, *tiles, scratch[0]),
+        )  # fmt: skip
     _conv2d_fwd_blocked(item, *args, *tiles, scratch)
     return out
 
@@ -147,6 +150,7 @@ class _RunPlan(NamedTuple):
     cchunk: int
     phases: np.ndarray  # read-only: the plan is shared by every call of its shape
     tiles: tuple  # the dummy tuples of the tile shape: blocks, pixels, columns
+    items: dict  # the item's kernel pointer by the typed flags of x and out
 
 
 @functools.lru_cache(maxsize=256)
@@ -169,7 +173,8 @@ def _run_plan(NO, CKK, geo, phases, tile, threads, chunk_bytes):
     cchunk = max(1, chunk_bytes // (nb * max(1, taps) * 64))
     table = np.array(phases, dtype=np.int64).reshape(-1, 10)
     table.flags.writeable = False
-    return _RunPlan(specs, gchunk, cchunk, table, ((0,) * nb, (0,) * (tr * tw), (0,) * tw))
+    tiles = (0,) * nb, (0,) * (tr * tw), (0,) * tw
+    return _RunPlan(specs, gchunk, cchunk, table, tiles, {})
 
 
 def _pixels(x, weight, bias, pad, taps, out):
@@ -191,17 +196,30 @@ def conv2d_forward(x, weight, bias, stride, padding_before, dilation, out):
     float32. stride, padding_before (top, left), dilation: (h, w) int pairs; the output size
     comes from ``out.shape`` (so the bottom/right padding is implied).
     """
-    N, O, OH, OW = out.shape
-    KH, KW = weight.shape[2:]
+    O, OH, OW = out.shape[1:]
+    plan = _forward_plan(
+        O, OH, OW, *weight.shape[2:], tuple(stride), tuple(dilation),
+        tuning().blocked_pixel_channels,
+    )  # fmt: skip
+    if plan[0] == "pixels":
+        return _pixels(x, weight, bias, padding_before, plan[1], out)
+    _, geo, phases, tile, xstep = plan
+    return _run(x, weight, bias, tuple(padding_before), geo, phases, out, tile, xstep)
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_plan(O, OH, OW, KH, KW, stride, dilation, pixel_channels):
+    """``("pixels", taps)`` or ``("blocked", geo, phases, tile, xstep)``: the kernel and its
+    arguments for this shape, worked out once per shape."""
     (sh, sw), (dh, dw) = stride, dilation
-    if O <= tuning().blocked_pixel_channels and (sh, sw) == (1, 1):
-        return _pixels(x, weight, bias, padding_before, (0, KH, 1, 0, KW, 1, dh, dw), out)
+    if O <= pixel_channels and (sh, sw) == (1, 1):
+        return "pixels", (0, KH, 1, 0, KW, 1, dh, dw)
     tile = nb, tr, tw = _forward_tile(O, OH, OW)
     ohr, owr = -(-OH // tr) * tr, -(-OW // tw) * tw  # rows and columns of whole tiles
     Hs, Ws = (ohr - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
     geo = (sh, sw, dh, dw, 1, 1, 1, 1, Hs, Ws, ohr, owr, 0, 0)
     phases = ((OH, OW, 0, 0, 0, KH, 0, KW, 0, 0),)
-    return _run(x, weight, bias, tuple(padding_before), geo, phases, out, tile, _step(sw))
+    return "blocked", geo, phases, tile, _step(sw)
 
 
 def supports_input_grad(stride, dilation=(1, 1)):

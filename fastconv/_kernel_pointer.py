@@ -77,14 +77,14 @@ _lock = threading.Lock()
 
 # The array flags numba's array types carry: the layout (C, F or any) and whether the array is
 # aligned and writeable (a user's read-only input is typed apart). NumPy's flag bits.
-_TYPED_FLAGS = 0x0001 | 0x0002 | 0x0100 | 0x0400  # C_CONTIGUOUS F_CONTIGUOUS ALIGNED WRITEABLE
+TYPED_FLAGS = 0x0001 | 0x0002 | 0x0100 | 0x0400  # C_CONTIGUOUS F_CONTIGUOUS ALIGNED WRITEABLE
 
 
 def pointer(kernel, key, sample_args):
     """``kernel`` compiled for ``sample_args``' types, memoized by ``kernel``, ``key`` and the
     arrays' typed flags. ``key`` must determine the rest of the types: dtypes, dimensions,
     tuple lengths."""
-    flags = tuple([a.flags.num & _TYPED_FLAGS for a in sample_args if isinstance(a, np.ndarray)])
+    flags = tuple([a.flags.num & TYPED_FLAGS for a in sample_args if isinstance(a, np.ndarray)])
     full_key = kernel, key, flags
     try:
         return _pointers[full_key]
