@@ -227,3 +227,30 @@ def test_max_pool2d_2x2_kernel_nan_inf_ties_like_reference(dtype):
     np.testing.assert_array_equal(y.view(bits), y_ref.view(bits))
     np.testing.assert_array_equal(F._max_pool2d_values(x, 2).view(bits), y.view(bits))
     assert idx[0, 0, 0, 0] == 7 and idx[0, 0, 1, 1] == 2 * 7 + 2 and idx[0, 1, 2, 0] == 4 * 7
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (1, 2, 7, 70), (3, 1, 2, 2), (2, 2, 9, 35)])
+def test_max_pool2d_2x2_float32_vector_kernel_is_the_scalar_one(rng, shape):
+    """float32 2x2 windows run 16 per vector step (``simd_pool``); float64 keeps the scalar
+    loop. Same values bit for bit and same indices, on data full of ties, signed zeros, NaN
+    and inf; rows of 1 to 35 windows (one vector step, several, a partial last one)."""
+    from fastconv.kernels import pool as kpool
+
+    x = rng.integers(-2, 2, shape).astype(np.float32)
+    x[x == 0] = np.where(rng.random(int((x == 0).sum())) < 0.5, -0.0, 0.0)
+    x[rng.random(shape) < 0.02] = np.nan
+    x[rng.random(shape) < 0.02] = -np.inf
+    planes = x.reshape(-1, *shape[2:])
+    out = (planes.shape[0], shape[2] // 2, shape[3] // 2)
+    results = []
+    for kernel in (kpool._maxpool2d_2x2, kpool._maxpool2d_2x2_f32):
+        y, idx = np.full(out, 7.0, np.float32), np.full(out, -1, np.int64)
+        kernel(planes, y, idx, True)
+        results.append((y.view(np.uint32), idx))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    y_only = np.full(out, 7.0, np.float32)
+    untouched = np.full((1, 1, 1), -1, np.int64)
+    kpool._maxpool2d_2x2_f32(planes, y_only, untouched, False)  # values only
+    np.testing.assert_array_equal(y_only.view(np.uint32), results[0][0])
+    assert untouched[0, 0, 0] == -1

@@ -107,7 +107,9 @@ def _max_pool_run(x, geometry, inside, y, indices):
     if inside and kernel == (2, 2) and stride == (2, 2) and dilation == (1, 1):
         with_indices = indices is not None
         idx = indices if with_indices else np.empty((1, 1, 1, 1), np.int64)
-        kpool._maxpool2d_2x2(_planes(x), _planes(y), _planes(idx), with_indices)
+        # float32: 16 windows per vector step; float64 keeps the scalar loop
+        kernel = kpool._maxpool2d_2x2_f32 if x.dtype == np.float32 else kpool._maxpool2d_2x2
+        kernel(_planes(x), _planes(y), _planes(idx), with_indices)
         return
     if indices is None:  # other windows: the indexed kernels, with scratch indices
         indices = np.empty(y.shape, np.int64)
