@@ -116,6 +116,26 @@ def fma_peak(threads, rounds=10):
     return 2 * LANES * CHAINS * FMA_REPS * threads / min(times) / 1e9
 
 
+def fma_work(chunks=2, reps=FMA_REPS // 10):
+    """A fixed amount of compute-bound work in ``chunks`` equal chunks (about 4 ms on 2 cores):
+    the threads section's control. Its 2-thread speedup is about 2 on two free cores and
+    shows how much of the second core the machine gave during the measurement."""
+    a, out = np.float32(0.999), np.empty(chunks, np.float32)
+    _fma_parallel(1, a, out)  # compile
+    return lambda: _fma_parallel(reps, a, out)
+
+
+def memory_work(megabytes=64):
+    """fastconv's ReLU forward over ``megabytes`` of float32 (far beyond the caches), on the
+    threads in force: memory-bound work, the threads section's second control."""
+    from fastconv import get_num_threads
+    from fastconv.kernels.elementwise import _relu_fwd
+
+    x = np.random.default_rng(0).standard_normal(megabytes << 18, dtype=np.float32)
+    y = np.empty_like(x)
+    return lambda: _relu_fwd(x, y, get_num_threads())
+
+
 def sgemm_peak(rounds=5, n=SGEMM_SIZE):
     """GFLOP/s of a float32 ``n x n`` matmul (NumPy's BLAS, on its current threads), best of
     ``rounds``."""
