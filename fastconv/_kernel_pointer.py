@@ -1,17 +1,23 @@
-"""A compiled serial kernel handed to a parallel kernel as a function pointer.
+"""A compiled serial kernel handed to a parallel kernel as the address of its machine code.
 
 Why: compile time. The conv engine's serial kernels (``kernels/conv_blocked.py``, ``_item``
 suffix) unroll register tiles into thousands of instructions. When a ``prange`` loop calls such
 a kernel directly, numba links the callee's code into the parallel kernel's module and, through
 parfor's outlined loop body, optimizes and generates machine code for it twice more: the
 forward took 4.1 s to compile on a new machine, 1.3 s of it the kernel itself. Called through
-a pointer (numba's first-class function type), the kernel is compiled once and the parallel
-kernel stays small: 2.2 s. Nothing changes at run time: the loop still runs on numba's thread
-pool, and one indirect call per iteration is nothing next to an iteration's work.
+its address, the kernel is compiled once and the parallel kernel stays small: 2.2 s. Nothing
+changes at run time: the loop still runs on numba's thread pool, and one indirect call per
+iteration is nothing next to an iteration's work.
 
 ``pointer(kernel, key, sample_args)`` compiles ``kernel`` for the types of ``sample_args`` once
 per ``key`` (the caller's cheap summary of those types: typing 16 arguments on every call would
-cost more than the call) and returns an object that numba passes as that function pointer.
+cost more than the call) and returns the address of its C-ABI wrapper, a plain int. A parallel
+kernel calls it with ``call(address, (arg, ...))``, the arguments of exactly those types.
+
+Why a plain int and not numba's first-class function type: numba unboxes a function argument
+by unpickling its signature on every call (7.5 us for a conv kernel's 16 arguments, against
+0.1 us for an int), and a type of fastconv's own in a cached signature would break loading the
+cache in any other version of fastconv that lacks the type (an unpickling error, not a miss).
 """
 
 from __future__ import annotations
@@ -20,60 +26,43 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.experimental.function_type import FunctionModel
-from numba.extending import NativeValue, register_model, unbox
+from numba.extending import intrinsic
 
 
-class _PointerType(types.FunctionType):
-    """numba's first-class function type, unboxed from a ``KernelPointer``.
+@intrinsic
+def call(typingctx, address, args):
+    """Call the kernel at ``address`` (from ``pointer``) with the tuple ``args``. The caller
+    guarantees that ``pointer`` compiled it for exactly these argument types: nothing can check
+    it here, and other types would read the arguments wrongly."""
+    if not (isinstance(address, types.Integer) and isinstance(args, types.BaseTuple)):
+        return None
+    argtypes = tuple(args)
 
-    Why a type of our own: numba's unboxing of a function argument unpickles the signature and
-    calls back into Python twice on every call, about 7 µs for a conv kernel's 16 arguments;
-    this one reads the address the pointer holds (about 1 µs with the typing below). Called,
-    cast and stored as numba's type is: the same data model, and ``isinstance`` holds.
-    """
-
-
-register_model(_PointerType)(FunctionModel)
-
-
-@unbox(_PointerType)
-def _unbox_pointer(typ, obj, c):
-    value = cgutils.create_struct_proxy(typ)(c.context, c.builder)
-    address = c.pyapi.object_getattr_string(obj, "_address")
-    with c.builder.if_then(cgutils.is_null(c.builder, address), likely=False):
-        c.builder.ret(c.pyapi.get_null_object())  # propagate the AttributeError
-    value.c_addr = c.pyapi.long_as_voidptr(address)
-    c.pyapi.decref(address)
-    value.py_addr = c.builder.ptrtoint(obj, c.context.get_value_type(types.voidptr))
-    value.jit_addr = c.context.get_constant_null(types.voidptr)  # what numba stores for a cfunc
-    return NativeValue(value._getvalue())
-
-
-class KernelPointer:
-    """A jit kernel compiled for one signature, passed to jit code as a function pointer.
-
-    ``_numba_type_`` is numba's protocol for an object that states its own type: the
-    dispatcher reads it without going through ``numba.typeof`` in Python."""
-
-    __slots__ = ("_numba_type_", "_address")
-
-    def __init__(self, kernel, sample_args):
-        argtypes = tuple(numba.typeof(a) for a in sample_args)
-        kernel.compile(argtypes)
-        result = kernel.overloads[argtypes]
-        self._numba_type_ = _PointerType(result.signature)
-        # numba's C-ABI wrapper of the kernel: what first-class function values call.
-        self._address = result.library.get_pointer_to_function(
-            result.fndesc.llvm_cfunc_wrapper_name
+    def codegen(context, builder, sig, llargs):
+        values = cgutils.unpack_tuple(builder, llargs[1], len(argtypes))
+        # numba's C-ABI wrapper: each argument by value, as numba's first-class functions call it
+        fnty = ir.FunctionType(
+            context.get_value_type(types.none), [context.get_value_type(t) for t in argtypes]
         )
+        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), values)
+        return context.get_dummy_value()
+
+    return types.none(address, args), codegen
 
 
-_pointers = {}
+def _compile(kernel, sample_args):
+    """The address of ``kernel``'s C-ABI wrapper for the types of ``sample_args``."""
+    argtypes = tuple(numba.typeof(a) for a in sample_args)
+    kernel.compile(argtypes)
+    result = kernel.overloads[argtypes]  # kept alive by the dispatcher, and its code with it
+    return result.library.get_pointer_to_function(result.fndesc.llvm_cfunc_wrapper_name)
+
+
+_addresses = {}
 _lock = threading.Lock()
-
 
 # The array flags numba's array types carry: the layout (C, F or any) and whether the array is
 # aligned and writeable (a user's read-only input is typed apart). NumPy's flag bits.
@@ -81,16 +70,16 @@ TYPED_FLAGS = 0x0001 | 0x0002 | 0x0100 | 0x0400  # C_CONTIGUOUS F_CONTIGUOUS ALI
 
 
 def pointer(kernel, key, sample_args):
-    """``kernel`` compiled for ``sample_args``' types, memoized by ``kernel``, ``key`` and the
-    arrays' typed flags. ``key`` must determine the rest of the types: dtypes, dimensions,
-    tuple lengths."""
+    """The address of ``kernel`` compiled for ``sample_args``' types, memoized by ``kernel``,
+    ``key`` and the arrays' typed flags. ``key`` must determine the rest of the types: dtypes,
+    dimensions, tuple lengths."""
     flags = tuple([a.flags.num & TYPED_FLAGS for a in sample_args if isinstance(a, np.ndarray)])
     full_key = kernel, key, flags
     try:
-        return _pointers[full_key]
+        return _addresses[full_key]
     except KeyError:
         pass
     with _lock:
-        if full_key not in _pointers:
-            _pointers[full_key] = KernelPointer(kernel, sample_args)
-        return _pointers[full_key]
+        if full_key not in _addresses:
+            _addresses[full_key] = _compile(kernel, sample_args)
+        return _addresses[full_key]

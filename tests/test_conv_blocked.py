@@ -168,9 +168,8 @@ def test_supports():
 
 
 def test_read_only_and_writable_inputs_share_the_compiled_kernels(rng):
-    # The parallel kernels call their items through function pointers compiled per argument
-    # type; numba types a read-only array apart, so the pointer cache must too (a mismatch is
-    # a numba typing error, not a wrong answer).
+    # The parallel kernels call their items by address, each compiled for its argument types;
+    # numba types a read-only array apart, so the memo of addresses keys on the flags too.
     x = rng.standard_normal((2, 18, 9, 9)).astype(np.float32)
     w = rng.standard_normal((20, 18, 3, 3)).astype(np.float32)
     g = rng.standard_normal((2, 20, 9, 9)).astype(np.float32)

@@ -16,10 +16,11 @@ strided input gradient, wait in a blocked buffer (pixel-major, 16 channels conti
 Convolutions with few output channels use ``_conv2d_fwd_pixels`` instead (16-pixel vectors).
 
 Every ``prange`` body is one call of a serial kernel (``_item`` suffix): one unit of work
-reads as a plain function. The parallel kernels receive their item as an argument, a function
-pointer (``fastconv._kernel_pointer``): called directly, the item would be compiled again
-inside every parallel kernel that calls it, which doubled the engine's compile time. The
-pointer's signature is exact, so the loops pass int64 indices (prange's are unsigned).
+reads as a plain function. The parallel kernels receive their item as an argument, the address
+of its compiled code, and call it with ``call(item, (args...))`` (``fastconv._kernel_pointer``):
+called directly, the item would be compiled again inside every parallel kernel that calls it,
+which doubled the engine's compile time. The arguments must have exactly the types the item
+was compiled for, so the loops pass int64 indices (prange's are unsigned).
 
 Tile shapes are compile-time constants carried by the types of dummy tuples ``(0,) * k``:
 ``blocks`` (NB), ``pixels`` (TR*TW) and ``cols`` (TW); ``_conv_blocked.py`` chooses them per
@@ -31,6 +32,7 @@ import numpy as np
 from numba import prange
 
 from fastconv._config import jit, pjit
+from fastconv._kernel_pointer import call
 from fastconv.kernels.simd import (
     tile_fma,
     tile_load,
@@ -106,10 +108,10 @@ def _conv2d_fwd_blocked(
     nchunks = (G + gchunk - 1) // gchunk
     for it in prange(x.shape[0] * nchunks):
         n, g0 = np.int64(it) // nchunks, np.int64(it) % nchunks * gchunk
-        item(
+        call(item, (
             x, wb, bb, pad, geo, phases, out, n, g0, min(G, g0 + gchunk), cchunk,
             blocks, pixels, cols, xstep, scratch[numba.get_thread_id()],
-        )  # fmt: skip
+        ))  # fmt: skip
 
 
 @jit
@@ -264,17 +266,17 @@ def _conv2d_bwd_weight_blocked(
     passes: each parallel kernel costs its own compile time.
     """
     for n in prange(x.shape[0]):
-        prepare(x, np.int64(n), ph, pw, g, xs, gb, bias_part, sums, Hs, Ws)
+        call(prepare, (x, np.int64(n), ph, pw, g, xs, gb, bias_part, sums, Hs, Ws))
     G, C = part.shape[1] // len(blocks), part.shape[2]
     CG = (C + cgroup - 1) // cgroup
     OW = g.shape[3]
     for it in prange(part.shape[0] * G * CG):
         k, rest = np.int64(it) // (G * CG), np.int64(it) % (G * CG)
         grp, c0 = rest // CG, rest % CG * cgroup
-        item(
+        call(item, (
             xs, gb, Hs, Ws, sh, sw, dh, wstep, OW, chunk, part, k, grp, c0, min(C, c0 + cgroup),
             blocks, taps, cols,
-        )  # fmt: skip
+        ))  # fmt: skip
 
 
 @jit
@@ -360,7 +362,7 @@ def _conv2d_fwd_pixels(item, x, w, bias, pad, taps, out, rows, scratch):
     ``item`` is ``_conv2d_fwd_pixels_item``. prange over samples; ``scratch`` (threads, padded
     sample size): one row per thread of numba's pool for the padded sample."""
     for n in prange(x.shape[0]):
-        item(x, w, bias, pad, taps, out, np.int64(n), rows, scratch[numba.get_thread_id()])
+        call(item, (x, w, bias, pad, taps, out, np.int64(n), rows, scratch[numba.get_thread_id()]))
 
 
 @jit

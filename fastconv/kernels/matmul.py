@@ -5,7 +5,7 @@ pools on two cores (numba's workers spin for a while after each parallel loop) s
 other down several times over.
 
 One compiled kernel serves ``a @ b`` and ``a @ b.T`` (a linear layer's forward), and the
-parallel kernel calls it through a function pointer (``fastconv._kernel_pointer``): a
+parallel kernel calls it through its address (``fastconv._kernel_pointer``): a
 ``prange`` loop calling ``np.dot`` directly compiled BLAS's wrapper again inside the parallel
 kernel, once per operand layout (2.1 s of a new machine's first LeNet step).
 """
@@ -14,6 +14,7 @@ import numpy as np
 from numba import prange
 
 from fastconv._config import jit, pjit
+from fastconv._kernel_pointer import call
 
 
 @jit
@@ -32,4 +33,4 @@ def _matmul(item, a, b, transpose_b, out, T):
     for t in prange(T):
         r0, r1 = np.int64(t) * M // T, (np.int64(t) + 1) * M // T
         if r1 > r0:
-            item(a, b, transpose_b, out, r0, r1)
+            call(item, (a, b, transpose_b, out, r0, r1))
