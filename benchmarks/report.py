@@ -2,7 +2,7 @@
 
 Run from the repository root (``benchmarks`` is a package there, not an installed one):
 
-    python -m benchmarks.report                           # everything, 10 interleaved rounds
+    python -m benchmarks.report                           # everything, 20 interleaved rounds
     python -m benchmarks.report --only layers lenet       # all layer shapes, lenet's step
     python -m benchmarks.report --only breakdown roofline --rounds 20 --markdown-out report.md
     python -m benchmarks.report --only memory --memory-limit 6400   # a shorter real run
@@ -435,7 +435,7 @@ def parse_args(argv=None):
         help=f"run only these (comma or space separated): {', '.join(choices)}",
     )  # fmt: skip
     p.add_argument(
-        "--rounds", type=int, default=10, help="interleaved rounds per comparison (default: 10)"
+        "--rounds", type=int, default=20, help="interleaved rounds per comparison (default: 20)"
     )
     p.add_argument(
         "--ref-rounds", type=int, default=3, help="calls per NumPy reference timing (default: 3)"
