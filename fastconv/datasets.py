@@ -21,7 +21,6 @@ import hashlib
 import math
 import os
 import secrets
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -259,6 +258,8 @@ def _with_subfolder(directory, name: str) -> list[Path]:
 
 def _fetch(url: str, timeout: float):
     """Open ``url`` for reading (a file-like object). Tests replace this to stay offline."""
+    import urllib.request  # here: only a download needs it (10 ms of import fastconv)
+
     return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed https/http URLs)
 
 
