@@ -16,7 +16,7 @@ The helper changes nothing but the cache: it runs on random arrays, prints nothi
 lower priority, and any failure in it only means this process compiles the kernel itself. At
 most one helper runs per cache directory (a lock file), and none is started once a helper has
 finished for the current kernel sources (a marker file), or when ``FASTCONV_PRECOMPILE=0`` (the
-helper sets it for itself), or when numba cannot cache.
+helper sets it for itself), or when numba cannot cache, or in a frozen application.
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ class _OnFirstMiss(event.Listener):
 
 
 def install():
-    """Listen for this process's first kernel compilation (once; not in the helper itself)."""
-    if os.environ.get(ENV, "1") != "0":
+    """Listen for this process's first kernel compilation (once; not in the helper itself, and
+    not in a frozen application, whose executable is the application rather than Python)."""
+    if os.environ.get(ENV, "1") != "0" and sys.executable and not getattr(sys, "frozen", False):
         event.register("numba:compile", _OnFirstMiss())
 
 

@@ -71,3 +71,21 @@ def test_helper_fills_the_cache_for_the_next_process(tmp_path):
     # process loads them instead of compiling (and starts no helper: the marker is there).
     second = _run(tmp_path, "backward")
     assert not {"_weight_grad_item", "_conv2d_bwd_weight_blocked", "_relu_bwd"} & set(second)
+
+
+def test_install_listens_except_when_turned_off_or_frozen(monkeypatch):
+    """A frozen application's executable is the application itself: running it with
+    ``-m fastconv._precompile`` would start the application again, so no helper there."""
+    from fastconv import _precompile
+
+    registered = []
+    monkeypatch.setattr(_precompile.event, "register", lambda kind, li: registered.append(kind))
+    monkeypatch.delenv(_precompile.ENV, raising=False)
+    _precompile.install()
+    assert registered == ["numba:compile"]
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    _precompile.install()
+    monkeypatch.setattr(sys, "frozen", False)
+    monkeypatch.setenv(_precompile.ENV, "0")
+    _precompile.install()
+    assert registered == ["numba:compile"]
