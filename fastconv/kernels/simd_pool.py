@@ -16,7 +16,15 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastconv.kernels.simd import _VEC, LANES, _lane_mask, _masked_load, _masked_store, _pointer
+from fastconv.kernels.simd import (
+    _VEC,
+    LANES,
+    _broadcast_int,
+    _lane_mask,
+    _masked_load,
+    _masked_store,
+    _pointer,
+)
 
 _I64 = ir.IntType(64)
 
@@ -33,12 +41,6 @@ def _masked_store_i64(builder):
     """LLVM's masked store of 16 int64: (value, pointer, alignment, <16 x i1> mask)."""
     fnty = ir.FunctionType(ir.VoidType(), [_IVEC, _IVEC.as_pointer(), ir.IntType(32), _MASK])
     return cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16i64.p0v16i64")
-
-
-def _splat_i64(builder, value):
-    one = builder.insert_element(ir.Constant(_IVEC, ir.Undefined), value, ir.Constant(_I64, 0))
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
-    return builder.shuffle_vector(one, one, zeros)
 
 
 def _lanes(values):
@@ -97,9 +99,9 @@ def maxpool2x2_row(typingctx, x, top, width, count, y, at_y, idx, at, with_indic
         top_even, top_odd = row(top_)
         bottom_even, bottom_odd = row(builder.add(top_, width_))
         # Flat indices in the plane: at + 2l for the top-left tap, then + 1, + width, + 1.
-        base = builder.add(_splat_i64(builder, at_), ir.Constant(_IVEC, list(range(0, 32, 2))))
+        base = builder.add(_broadcast_int(builder, at_), ir.Constant(_IVEC, list(range(0, 32, 2))))
         one = ir.Constant(_IVEC, [1] * LANES)
-        below = builder.add(base, _splat_i64(builder, width_))
+        below = builder.add(base, _broadcast_int(builder, width_))
         best, best_at = top_even, base
         for value, where in (
             (top_odd, builder.add(base, one)),
