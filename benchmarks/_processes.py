@@ -20,6 +20,7 @@ import fastconv
 from benchmarks._format import log, num, table
 from benchmarks._nets import BATCH
 from benchmarks.train_torch import DATA_DIR, load_split
+from fastconv._precompile import helper_running
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -51,7 +52,7 @@ def _wait_for_helper(cache, timeout=300):
     """Until the cold run's compiling helper (``fastconv._precompile``) has finished: it may
     outlive the run, and the next run should not share the CPU with it."""
     deadline = time.monotonic() + timeout
-    while any(cache.rglob("fastconv-precompile.lock")) and time.monotonic() < deadline:
+    while helper_running(cache) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 

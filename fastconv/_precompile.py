@@ -118,6 +118,12 @@ class _OnFirstMiss(event.Listener):
         pass
 
 
+def helper_running(cache_root):
+    """Whether a helper holds a lock anywhere under ``cache_root`` (a ``NUMBA_CACHE_DIR``:
+    numba keeps each source directory's cache in a subdirectory of it)."""
+    return any(Path(cache_root).rglob(_LOCK))
+
+
 def install():
     """Listen for this process's first kernel compilation (once; not in the helper itself, and
     not in a frozen application, whose executable is the application rather than Python)."""
