@@ -23,7 +23,7 @@ import numpy as np
 
 from fastconv._config import tuning
 from fastconv._conv_plan import workspace
-from fastconv._kernel_pointer import TYPED_FLAGS, pointer
+from fastconv._kernel_pointer import pointer, typed_flags
 from fastconv._threads import get_num_threads
 from fastconv.kernels.conv_blocked import (
     _conv2d_bwd_weight_blocked,
@@ -136,13 +136,10 @@ def _run(x, weight, bias, pad, geo, phases, out, tile, xstep):
         bb[:O] = bias
     args = x, wb, bb, pad, geo, plan.phases, out, plan.gchunk, plan.cchunk
     tiles = (*plan.tiles, xstep)
-    flags = x.flags.num & TYPED_FLAGS, out.flags.num & TYPED_FLAGS  # the rest is the plan's
-    item = plan.items.get(flags)
-    if item is None:
-        item = plan.items[flags] = pointer(
-            _conv2d_fwd_item, (tile, xstep),  # the tile and the stride fix every argument type
-            (x, wb, bb, pad, geo, plan.phases, out, 0, 0, 0, plan.cchunk, *tiles, scratch[0]),
-        )  # fmt: skip
+    item = pointer(
+        _conv2d_fwd_item, (tile, xstep, typed_flags(x, out)),  # these fix every argument type
+        lambda: (x, wb, bb, pad, geo, plan.phases, out, 0, 0, 0, plan.cchunk, *tiles, scratch[0]),
+    )  # fmt: skip
     _conv2d_fwd_blocked(item, *args, *tiles, scratch)
     return out
 
@@ -153,7 +150,6 @@ class _RunPlan(NamedTuple):
     cchunk: int
     phases: np.ndarray  # read-only: the plan is shared by every call of its shape
     tiles: tuple  # the dummy tuples of the tile shape: blocks, pixels, columns
-    items: dict  # the item's kernel pointer by the typed flags of x and out
 
 
 @functools.lru_cache(maxsize=256)
@@ -177,7 +173,7 @@ def _run_plan(NO, CKK, geo, phases, tile, threads, chunk_bytes):
     table = np.array(phases, dtype=np.int64).reshape(-1, 10)
     table.flags.writeable = False
     tiles = (0,) * nb, (0,) * (tr * tw), (0,) * tw
-    return _RunPlan(specs, gchunk, cchunk, table, tiles, {})
+    return _RunPlan(specs, gchunk, cchunk, table, tiles)
 
 
 def _pixels(x, weight, bias, pad, taps, out):
@@ -187,7 +183,10 @@ def _pixels(x, weight, bias, pad, taps, out):
     b, scratch = workspace(((out.shape[1],), np.float32), _scratch_spec(x.shape[1] * Hs * Ws + 16))
     b[:] = 0.0 if bias is None else bias
     args = x, weight, b, tuple(pad), taps, out
-    item = pointer(_conv2d_fwd_pixels_item, (), (*args, 0, _PIXEL_ROWS, scratch[0]))
+    item = pointer(
+        _conv2d_fwd_pixels_item, typed_flags(x, weight, out),
+        lambda: (*args, 0, _PIXEL_ROWS, scratch[0]),
+    )  # fmt: skip
     _conv2d_fwd_pixels(item, *args, _PIXEL_ROWS, scratch)
     return out
 
@@ -324,11 +323,12 @@ def _weight_and_bias_grad(grad_out, x, stride, padding_before, dilation, grad_w,
     tiles = (0,) * nb, (0,) * (krows * KW), (0,) * KW
     wstep = _step(dw)  # the taps' column step, a constant when small
     prepare = pointer(
-        _weight_grad_prepare, (), (x, 0, ph, pw, grad_out, xs, gb, bias_part, sums, Hs, Ws)
-    )
+        _weight_grad_prepare, typed_flags(x, grad_out),
+        lambda: (x, 0, ph, pw, grad_out, xs, gb, bias_part, sums, Hs, Ws),
+    )  # fmt: skip
     item = pointer(
-        _weight_grad_item, (nb, krows, KW, wstep),
-        (xs, gb, Hs, Ws, sh, sw, dh, wstep, OW, chunk, part, 0, 0, 0, 0, *tiles),
+        _weight_grad_item, (nb, krows, KW, wstep),  # its arrays are all this call's temporaries
+        lambda: (xs, gb, Hs, Ws, sh, sw, dh, wstep, OW, chunk, part, 0, 0, 0, 0, *tiles),
     )  # fmt: skip
     _conv2d_bwd_weight_blocked(
         prepare, item, x, ph, pw, grad_out, xs, gb, bias_part, sums, Hs, Ws, sh, sw, dh, wstep,

@@ -9,9 +9,9 @@ its address, the kernel is compiled once and the parallel kernel stays small: 2.
 changes at run time: the loop still runs on numba's thread pool, and one indirect call per
 iteration is nothing next to an iteration's work.
 
-``pointer(kernel, key, sample_args)`` compiles ``kernel`` for the types of ``sample_args`` once
-per ``key`` (the caller's cheap summary of those types: typing 16 arguments on every call would
-cost more than the call) and returns the address of its C-ABI wrapper, a plain int. A parallel
+``pointer(kernel, key, sample)`` compiles ``kernel`` for the types of ``sample()``'s arguments
+once per ``key`` (the caller's cheap summary of those types: typing 16 arguments on every call
+would cost more than the call) and returns the address of its C-ABI wrapper, a plain int. A parallel
 kernel calls it with ``call(address, (arg, ...))``, the arguments of exactly those types.
 
 Why a plain int and not numba's first-class function type: numba unboxes a function argument
@@ -25,7 +25,6 @@ from __future__ import annotations
 import threading
 
 import numba
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -69,17 +68,23 @@ _lock = threading.Lock()
 TYPED_FLAGS = 0x0001 | 0x0002 | 0x0100 | 0x0400  # C_CONTIGUOUS F_CONTIGUOUS ALIGNED WRITEABLE
 
 
-def pointer(kernel, key, sample_args):
-    """The address of ``kernel`` compiled for ``sample_args``' types, memoized by ``kernel``,
-    ``key`` and the arrays' typed flags. ``key`` must determine the rest of the types: dtypes,
-    dimensions, tuple lengths."""
-    flags = tuple([a.flags.num & TYPED_FLAGS for a in sample_args if isinstance(a, np.ndarray)])
-    full_key = kernel, key, flags
+def typed_flags(*arrays):
+    """The flags of ``arrays`` that numba's array types carry, for a ``pointer`` key."""
+    return tuple([a.flags.num & TYPED_FLAGS for a in arrays])
+
+
+def pointer(kernel, key, sample):
+    """The address of ``kernel`` compiled for the types of ``sample()``'s arguments, memoized
+    by ``kernel`` and ``key``. ``key`` must determine every argument type: dtypes, dimensions,
+    tuple lengths, and the ``typed_flags`` of the arrays the caller does not allocate itself
+    (its own temporaries always have the same flags). ``sample`` runs on a key's first use
+    only: building the arguments costs more than the lookup."""
+    full_key = kernel, key
     try:
         return _addresses[full_key]
     except KeyError:
         pass
     with _lock:
         if full_key not in _addresses:
-            _addresses[full_key] = _compile(kernel, sample_args)
+            _addresses[full_key] = _compile(kernel, sample())
         return _addresses[full_key]

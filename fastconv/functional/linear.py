@@ -6,7 +6,7 @@ import numba
 import numpy as np
 
 from fastconv._checks import check_array
-from fastconv._kernel_pointer import pointer
+from fastconv._kernel_pointer import pointer, typed_flags
 from fastconv._threads import single_threaded_blas
 from fastconv.kernels import matmul as kmatmul
 
@@ -22,7 +22,9 @@ def _matmul(a, b):
     b = b.T if transpose_b else np.ascontiguousarray(b)  # C-contiguous either way
     out = np.empty((a.shape[0], b.shape[0 if transpose_b else 1]), dtype=a.dtype)
     T = numba.config.NUMBA_NUM_THREADS
-    item = pointer(kmatmul._matmul_rows, a.dtype, (a, b, transpose_b, out, 0, 0))
+    item = pointer(
+        kmatmul._matmul_rows, (a.dtype, typed_flags(a, b)), lambda: (a, b, transpose_b, out, 0, 0)
+    )
     with single_threaded_blas():
         kmatmul._matmul(item, a, b, transpose_b, out, T)
     return out
