@@ -109,10 +109,14 @@ class _OnFirstMiss(event.Listener):
         except AttributeError:  # no on-disk cache: nothing a helper could share
             return
         try:
-            if _claim(cache_dir):
-                _start_helper(cache_dir)
+            claimed = _claim(cache_dir)
         except OSError:
-            pass  # no helper: this process compiles everything itself, as without one
+            return  # no helper: this process compiles everything itself, as without one
+        if claimed:
+            try:
+                _start_helper(cache_dir)
+            except OSError:  # e.g. no process may be started: let a later process try
+                (cache_dir / _LOCK).unlink(missing_ok=True)
 
     def on_end(self, ev):
         pass
