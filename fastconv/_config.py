@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numba
 
+from fastconv._cache_load import use_quick_load
+
 # Not the blanket fastmath option: its ``nnan``/``ninf`` flags let LLVM assume there is no NaN
 # or inf, which silently breaks max pooling's ``-inf`` start value and NaN propagation. These
 # three are safe:
@@ -29,6 +31,7 @@ FASTMATH = frozenset({"reassoc", "contract", "nsz"})
 # with ``parallel=True`` on numba >= 0.59. Where none of those places is writable (a root-owned
 # system install used by a user without a home directory), numba refuses ``cache=True`` at
 # decoration time; fastconv then warns once and compiles in memory in every process instead.
+# Loading from the cache skips numba's compiler set-up (``fastconv._cache_load``).
 CACHE = True
 
 
@@ -45,7 +48,7 @@ def _njit(fn, **options):
     global _cache_warned
     if CACHE:
         try:
-            return numba.njit(cache=True, **options)(fn)
+            return use_quick_load(numba.njit(cache=True, **options)(fn))
         except RuntimeError as e:
             if "no locator available" not in str(e):
                 raise
