@@ -131,6 +131,9 @@ class Tuning:
     # the same at any thread count) when the other dimensions give fewer than this many
     # parallel iterations.
     blocked_grad_items: int = 16
+    # The float32 matrix product (``kernels/gemm.py``) splits the rows into chunks when its
+    # column panels give fewer than this many parallel iterations (LeNet's fc1 forward has 2).
+    gemm_iterations: int = 16
 
 
 DEFAULT_TUNING = Tuning()

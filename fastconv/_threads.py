@@ -23,12 +23,6 @@ import numbers
 import threading
 
 import numba
-import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS numba's np.dot calls, so it is seen)
-from threadpoolctl import ThreadpoolController
-
-# The BLAS libraries loaded now: NumPy's and SciPy's (numba calls SciPy's from compiled code).
-# Found once; switching their thread count afterwards is a plain C call.
-_BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
 
 
 def get_num_threads():
@@ -74,7 +68,22 @@ def _thread_count_calls(lib):
     return lib.get_num_threads, lib.set_num_threads
 
 
-_BLAS_CALLS = [_thread_count_calls(lib) for lib in _BLAS]
+_blas_calls = None
+
+
+def _blas_thread_calls():
+    """``(get, set)`` of every BLAS library's thread count: NumPy's and SciPy's (numba calls
+    SciPy's from compiled code). Found at the first use, not at import: only float64 layers and
+    grouped float32 convolutions call BLAS, and loading SciPy's took 0.13 s of a process's
+    start."""
+    global _blas_calls
+    if _blas_calls is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS numba's np.dot calls)
+        from threadpoolctl import ThreadpoolController
+
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        _blas_calls = [_thread_count_calls(lib) for lib in libs]
+    return _blas_calls
 
 
 class _SingleThreadedBlas:
@@ -92,8 +101,9 @@ class _SingleThreadedBlas:
     def __enter__(self):
         with self._lock:
             if self._users == 0:
-                self._saved = [get() for get, _ in _BLAS_CALLS]
-                for _, set_ in _BLAS_CALLS:
+                calls = _blas_thread_calls()
+                self._saved = [get() for get, _ in calls]
+                for _, set_ in calls:
                     set_(1)
             self._users += 1
 
@@ -101,7 +111,7 @@ class _SingleThreadedBlas:
         with self._lock:
             self._users -= 1
             if self._users == 0:
-                for (_, set_), n in zip(_BLAS_CALLS, self._saved, strict=True):
+                for (_, set_), n in zip(_blas_calls, self._saved, strict=True):
                     set_(n)
         return False
 

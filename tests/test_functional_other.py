@@ -29,6 +29,56 @@ def test_linear(rng, shape):
     assert_close64(gb, bt.grad)
 
 
+@pytest.mark.parametrize(
+    "x_shape, out_features",
+    [((64, 3136), 128), ((64, 128), 10), ((13, 70), 65), ((5, 3), 1), ((1, 1), 1),
+     ((6, 16), 64), ((7, 33), 200), ((2, 4, 9), 17), ((0, 9), 5)],
+    ids=["fc1", "fc2", "edges", "few_rows", "one", "one_tile", "tile_plus_one", "3d",
+         "batch_0"],
+)  # fmt: skip
+def test_linear_float32_tiles(rng, x_shape, out_features):
+    """float32 runs on register tiles (``kernels/gemm.py``): rows beyond whole tiles, columns
+    beyond whole 64-column panels, fewer rows than a tile; x and the weight in any layout."""
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((out_features, x_shape[-1])).astype(np.float32)
+    b = rng.standard_normal(out_features).astype(np.float32)
+    go = rng.standard_normal((*x_shape[:-1], out_features)).astype(np.float32)
+    want = [R.linear(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))]
+    want += R.linear_backward(go.astype(np.float64), x.astype(np.float64), w.astype(np.float64))
+    x_f = np.asfortranarray(x)  # another layout, read-only: the same results
+    w_ro = w.copy()
+    w_ro.flags.writeable = False
+    for xs, ws in ((x, w), (x_f, w_ro)):
+        got = [F.linear(xs, ws, b), *F.linear_backward(go, xs, ws)]
+        for g, e in zip(got, want, strict=True):
+            assert g.dtype == np.float32 and g.shape == e.shape and g.flags.c_contiguous
+            assert_close32(g, e)
+    torch = pytest.importorskip("torch")
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.linear(xt, wt, bt)
+    yt.backward(torch.tensor(go))
+    for g, t in zip([F.linear(x, w, b), *F.linear_backward(go, x, w)],
+                    [yt.detach(), xt.grad, wt.grad, bt.grad], strict=True):  # fmt: skip
+        assert_close32(g, t.numpy())
+
+
+def test_linear_float32_propagates_inf_and_nan_like_torch(rng):
+    x = rng.standard_normal((8, 70)).astype(np.float32)
+    w = rng.standard_normal((66, 70)).astype(np.float32)
+    x[0, 3], x[7, 69], w[65, 0] = np.inf, np.nan, -np.inf
+    x[2, 5] = 3e38  # the sum overflows to inf as in PyTorch
+    w[:, 5] = np.abs(w[:, 5]) + 2
+    y = F.linear(x, w)
+    torch = pytest.importorskip("torch")
+    np.testing.assert_array_equal(np.isnan(y), torch.nn.functional.linear(
+        torch.tensor(x), torch.tensor(w)).isnan().numpy())  # fmt: skip
+    assert np.isnan(y[7]).all() and np.isinf(y[2]).all()
+    finite = np.isfinite(y)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert_close32(y[finite], want[finite])
+
+
 ACTIVATIONS = {
     "relu": (F.relu, F.relu_backward, "relu"),
     "leaky_relu": (F.leaky_relu, F.leaky_relu_backward, "leaky_relu"),

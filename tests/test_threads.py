@@ -13,7 +13,7 @@ from fastconv import _threads, models, nn, optim, training
 
 
 def _blas_threads():
-    return [lib.get_num_threads() for lib in _threads._BLAS]
+    return [get() for get, _ in _threads._blas_thread_calls()]
 
 
 def test_single_threaded_blas_holds_until_the_last_thread_leaves():

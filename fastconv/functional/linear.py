@@ -1,4 +1,5 @@
-"""linear and its gradient: BLAS products in row chunks, one per thread."""
+"""linear and its gradient: float32 on fastconv's register tiles (``kernels/gemm.py``),
+float64 as BLAS products in row chunks, one per thread."""
 
 from __future__ import annotations
 
@@ -6,17 +7,62 @@ import numba
 import numpy as np
 
 from fastconv._checks import check_array
+from fastconv._config import tuning
+from fastconv._conv_blocked import _AVX512
+from fastconv._conv_plan import workspace
 from fastconv._kernel_pointer import pointer, typed_flags
 from fastconv._threads import single_threaded_blas
+from fastconv.kernels import gemm as kgemm
 from fastconv.kernels import matmul as kmatmul
+
+# The float32 tile: rows of ``a`` x vectors of 16 columns of ``b``. AVX-512: 24 accumulators,
+# 4 vectors of b and a broadcast, 29 of the 32 zmm registers. Without it each vector takes two
+# of the 16 ymm registers: one vector of b.
+_ROWS = (0,) * 6
+_BLOCKS = (0,) * (4 if _AVX512 else 1)
 
 
 def _matmul(a, b):
-    """a @ b for 2-D a (any layout) and b (C- or F-contiguous, e.g. a weight's transpose).
+    """a @ b for 2-D a (any layout) and b (C- or F-contiguous, e.g. a weight's transpose)."""
+    return (_matmul_f32 if a.dtype == np.float32 else _matmul_blas)(a, b)
 
-    Row chunks of ``a``, one single-threaded BLAS call each, in parallel. The chunks are one
-    per thread of numba's pool (fixed for the process), not per thread in force: every output
-    row comes from the same call at any thread count, so results are bit-identical."""
+
+def _matmul_f32(a, b):
+    """``_matmul`` in float32 on register tiles. b is used as it is when C-contiguous and a
+    whole number of the tile's column panels wide, else copied (transposed from a weight's
+    F-contiguous transpose) into a zero-padded buffer; a gets zero rows up to one tile."""
+    M, K = a.shape
+    N = b.shape[1]
+    R, width = len(_ROWS), 16 * len(_BLOCKS)
+    Np = -(-N // width) * width
+    a = np.ascontiguousarray(a)
+    if M < R:
+        a = np.concatenate([a, np.zeros((R - M, K), np.float32)])
+    if b.flags.c_contiguous and Np == N:
+        packed = b
+    else:
+        (packed,) = workspace(((K, Np), np.float32))
+        if b.flags.f_contiguous:
+            kgemm._pack_transposed(b.T, packed)
+        else:
+            packed[:, :N] = b
+            packed[:, N:] = 0.0
+    out = np.empty((a.shape[0], Np), np.float32)
+    # Row chunks only to give the threads enough iterations when there are few panels.
+    chunks = max(1, min(a.shape[0] // R, -(-tuning().gemm_iterations // (Np // width))))
+    item = pointer(
+        kgemm._gemm_panel, typed_flags(a, packed),  # out is always this call's own
+        lambda: (a, packed, out, 0, R, 0, _ROWS, _BLOCKS),
+    )  # fmt: skip
+    kgemm._gemm(item, a, packed, out, chunks, _ROWS, _BLOCKS)
+    return out if (a.shape[0], Np) == (M, N) else np.ascontiguousarray(out[:M, :N])
+
+
+def _matmul_blas(a, b):
+    """``_matmul`` by BLAS: row chunks of ``a``, one single-threaded BLAS call each, in
+    parallel. The chunks are one per thread of numba's pool (fixed for the process), not per
+    thread in force: every output row comes from the same call at any thread count, so
+    results are bit-identical."""
     a = np.ascontiguousarray(a)
     transpose_b = b.flags.f_contiguous and not b.flags.c_contiguous
     b = b.T if transpose_b else np.ascontiguousarray(b)  # C-contiguous either way

@@ -1,0 +1,80 @@
+"""float32 matrix product on register tiles (``kernels/simd.py``): ``out = a @ b``.
+
+Why not BLAS, as float64 does (``kernels/matmul.py``): numba reaches BLAS only through SciPy,
+whose import took 0.13 s of a 1.1 s warm start (a new process that loads its kernels from
+the cache and trains one LeNet step), and a linear layer is the only BLAS user in a float32
+network. The tile is the convolution engine's: ``len(rows)`` rows of ``a`` times ``len(blocks)``
+vectors of 16 columns of ``b``, each accumulator one register; per step of the sum, one vector
+load per block and one broadcast per row feed ``len(rows) * len(blocks)`` fused multiply-adds.
+
+Each output element is one sum over k in order, whichever tile computes it: the results do
+not depend on the tiling, the split into iterations or the thread count.
+"""
+
+import numpy as np
+from numba import prange
+
+from fastconv._config import jit, pjit
+from fastconv._kernel_pointer import call
+from fastconv.kernels.simd import (
+    tile_fma,
+    tile_repeat,
+    tile_store,
+    transpose16,
+    vload_tuple,
+    vzeros,
+)
+
+
+@jit
+def _gemm_panel(a, b, out, i0, i1, j0, rows, blocks):
+    """out[i0:i1, j0:j0 + 16*len(blocks)] = a[i0:i1] @ b[:, j0:j0 + 16*len(blocks)].
+
+    a (M, K), b (K, N), out (M, N): C-contiguous float32; i1 - i0 >= len(rows). The rows go
+    in tiles of ``len(rows)``; the last tile ends at i1 and overlaps the one before, which
+    recomputes the same values (the same sums, in the same order) instead of a smaller tile.
+    """
+    K, N = b.shape[0], b.shape[1]
+    R = len(rows)
+    for i in range(i0, i1, R):
+        r = min(i, i1 - R)
+        acc = tile_repeat(vzeros(blocks), rows)
+        at_a, at_b = r * K, j0
+        for _ in range(K):
+            acc = tile_fma(acc, a, at_a, K, 0, vload_tuple(b, at_b, 16, blocks), rows)
+            at_a += 1
+            at_b += N
+        tile_store(out, r * N + j0, N, 0, 16, acc, blocks, rows)
+
+
+@pjit
+def _gemm(item, a, b, out, chunks, rows, blocks):
+    """out = a @ b, ``item`` being ``_gemm_panel``: prange over (panel of 16*len(blocks)
+    columns, chunk of rows). N is a multiple of the panel width and M // chunks >= len(rows).
+    A thread's iterations are consecutive: it keeps its panels of b in cache across chunks."""
+    M, N = a.shape[0], b.shape[1]
+    width = 16 * len(blocks)
+    for it in prange(N // width * chunks):
+        p, c = it // chunks, it % chunks
+        i0, i1 = c * M // chunks, (c + 1) * M // chunks
+        call(item, (a, b, out, np.int64(i0), np.int64(i1), np.int64(p * width), rows, blocks))
+
+
+@pjit
+def _pack_transposed(w, packed):
+    """packed[k, n] = w[n, k] for n < N, zero for N <= n < packed.shape[1]: w (N, K),
+    packed (K, Np), C-contiguous float32. 16x16 blocks (``transpose16``), scalars at the edges."""
+    N, K = w.shape
+    Np = packed.shape[1]
+    for kb in prange((K + 15) // 16):
+        k0 = kb * 16
+        n0 = 0
+        if k0 + 16 <= K:
+            while n0 + 16 <= N:
+                transpose16(w, n0 * K + k0, K, packed, k0 * Np + n0, Np)
+                n0 += 16
+        for k in range(k0, min(K, k0 + 16)):
+            for n in range(n0, N):
+                packed[k, n] = w[n, k]
+            for n in range(N, Np):
+                packed[k, n] = 0.0
