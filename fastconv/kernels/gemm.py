@@ -60,13 +60,16 @@ def _gemm(item, a, b, out, chunks, rows, blocks):
         call(item, (a, b, out, np.int64(i0), np.int64(i1), np.int64(p * width), rows, blocks))
 
 
-@pjit
+@jit
 def _pack_transposed(w, packed):
     """packed[k, n] = w[n, k] for n < N, zero for N <= n < packed.shape[1]: w (N, K),
-    packed (K, Np), C-contiguous float32. 16x16 blocks (``transpose16``), scalars at the edges."""
+    packed (K, Np), C-contiguous float32. 16x16 blocks (``transpose16``), scalars at the edges.
+
+    Serial: LeNet's fc1 weight (1.6 MB) takes 0.04 ms on one thread (0.02 on two), and a
+    parallel kernel took 0.7 s more to compile on a new machine's first step."""
     N, K = w.shape
     Np = packed.shape[1]
-    for kb in prange((K + 15) // 16):
+    for kb in range((K + 15) // 16):
         k0 = kb * 16
         n0 = 0
         if k0 + 16 <= K:
