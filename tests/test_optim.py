@@ -383,3 +383,21 @@ def test_scheduler_errors():
         scheduler.load_state_dict({**good, "T_max": 3})
     with pytest.raises(ValueError, match="base_lrs"):
         scheduler.load_state_dict({**good, "base_lrs": np.array([0.1, 0.2])})
+
+
+@pytest.mark.parametrize("case", [name for name in CASES if name.startswith("sgd")])
+def test_sgd_on_arrays_not_c_contiguous(case):
+    """SGD updates a C-contiguous parameter in one fused pass (``kernels/optim.py``) and any
+    other (a user's own Fortran-ordered array) with NumPy operations: the same steps."""
+    cls, kwargs = CASES[case]
+    init, grads = make_problem(np.float64)
+    fused, _ = run_fastconv(cls, kwargs, init, grads)
+    params = [Parameter(np.asfortranarray(a)) for a in init]
+    assert not params[0].data.flags.c_contiguous
+    optimizer = cls(params, **kwargs)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = None if g is None else g.copy()
+        optimizer.step()
+    for p, q in zip(params, fused, strict=True):
+        np.testing.assert_allclose(p.data, q.data, **TOLERANCES[np.float64])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv._checks import check_bool, real
+from fastconv._threads import get_num_threads
+from fastconv.kernels import optim as kopt
 from fastconv.optim.optimizer import Optimizer
 
 __all__ = ["SGD"]
@@ -59,8 +61,32 @@ class SGD(Optimizer):
         return options
 
     def _update(self, p, state, group):
+        data, buf = p.data, state.get("momentum_buffer")
+        if data.flags.c_contiguous and (buf is None or buf.flags.c_contiguous):
+            self._update_fused(data, p.grad, state, group)
+        else:
+            self._update_numpy(data, p.grad, state, group)
+
+    @staticmethod
+    def _update_fused(data, grad, state, group):
+        """One pass of ``kernels/optim._sgd`` over the parameter."""
+        momentum = group["momentum"]
+        buf = state.get("momentum_buffer")
+        first = buf is None
+        if first and momentum != 0:  # the kernel sets it to the first step's gradient
+            buf = state["momentum_buffer"] = np.empty_like(data)
+        s = data.dtype.type  # the arithmetic in the parameter's dtype, as PyTorch's
+        kopt._sgd(
+            data.reshape(-1), np.ascontiguousarray(grad).reshape(-1),
+            (data if buf is None else buf).reshape(-1),  # without momentum, never touched
+            s(group["lr"]), s(momentum), s(group["dampening"]), s(group["weight_decay"]),
+            group["nesterov"], first, get_num_threads(),
+        )  # fmt: skip
+
+    def _update_numpy(self, data, grad, state, group):
+        """The same update as NumPy operations, for a parameter or buffer that is not
+        C-contiguous (a user's own arrays)."""
         lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-        data, grad = p.data, p.grad
         tmp, tmp2 = self._scratch(data, 2)
         if group["weight_decay"] != 0:
             np.multiply(data, group["weight_decay"], out=tmp)
