@@ -6,8 +6,8 @@ Kernels compiled by another process land in numba's on-disk cache, and a process
 kernel looks in that cache first. So when this process misses the cache for the first time
 (the first convolution's forward, as a rule), it starts one helper process (``python -m
 fastconv._precompile``) that compiles the rest of a training step meanwhile: the end of the step
-first (the convolutions' weight gradient, the loss, linear layers, the backward passes of ReLU
-and max pooling, the optimizer), since this process reaches the start first, then a whole step
+first (the convolutions' weight gradient, the optimizer, the loss, linear layers, the backward
+passes of ReLU and max pooling), since this process reaches the start first, then a whole step
 of the other layers and the other models' kernels. Most of what this process needs next is
 then already compiled. Cold start of lenet (import, build, first step, whole process) on 2
 cores: 8.3 s before, 6.3 s with the helper (``python -m benchmarks.report --only startup``).
@@ -154,9 +154,11 @@ def warm_up():
     # next, and the two meet in the middle.
     x, w = rand(2, 32, 14, 14), rand(64, 32, 3, 3)
     F._conv2d_backward(rand(2, 64, 14, 14), x, w, padding=1, input_grad=False)  # weight grad
+    param = nn.Parameter(rand(4))  # the optimizer, which ends the step
+    param.grad = rand(4)
+    optim.SGD([param], lr=0.01, momentum=0.9).step()
     labels = np.array([1, 2])
     linear, criterion = nn.Linear(16, 10), nn.CrossEntropyLoss()
-    optim.SGD(linear.parameters(), lr=0.01, momentum=0.9).step()
     criterion(linear(rand(2, 16)), labels)
     linear.backward(criterion.backward())
     F.relu_backward(x, x)
