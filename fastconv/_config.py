@@ -134,6 +134,9 @@ class Tuning:
     # The float32 matrix product (``kernels/gemm.py``) splits the rows into chunks when its
     # column panels give fewer than this many parallel iterations (LeNet's fc1 forward has 2).
     gemm_iterations: int = 16
+    # ... and goes over the rows of b in blocks of this many, each block staying in cache while
+    # every tile of rows of a uses it (256 rows of a 64-column panel: 64 KB).
+    gemm_k_block: int = 256
 
 
 DEFAULT_TUNING = Tuning()

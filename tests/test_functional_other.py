@@ -62,6 +62,21 @@ def test_linear_float32_tiles(rng, x_shape, out_features):
         assert_close32(g, t.numpy())
 
 
+def test_linear_float32_same_bits_with_any_k_block(rng):
+    """The tiles' partial sums over blocks of k wait in memory between blocks: a float32 stored
+    and loaded back is unchanged, so the results are those of one pass over k."""
+    x = rng.standard_normal((13, 700)).astype(np.float32)
+    w = rng.standard_normal((65, 700)).astype(np.float32)
+    go = rng.standard_normal((13, 65)).astype(np.float32)
+    results = []
+    for k_block in (1, 7, 256, 10**6):
+        with fastconv._config.tuned(gemm_k_block=k_block):
+            results.append([F.linear(x, w), *F.linear_backward(go, x, w)[:2]])
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_linear_float32_propagates_inf_and_nan_like_torch(rng):
     x = rng.standard_normal((8, 70)).astype(np.float32)
     w = rng.standard_normal((66, 70)).astype(np.float32)

@@ -33,6 +33,13 @@ def _matmul_f32(a, b):
     F-contiguous transpose) into a zero-padded buffer; a gets zero rows up to one tile."""
     M, K = a.shape
     N = b.shape[1]
+    if M == 0 or N == 0:
+        return np.zeros((M, N), np.float32)
+    if b.flags.f_contiguous and not b.flags.c_contiguous and M < N:
+        # A weight's transpose to pack, with fewer rows in a: a @ b = (b.T @ a.T).T packs
+        # a's transpose instead, the smaller (a 32 x 25088 batch into 512 features, 2
+        # threads: 3 MB packed instead of 51, 13.8 -> 5.4 ms; BLAS took 9.4).
+        return np.ascontiguousarray(_matmul_f32(b.T, a.T).T)
     R, width = len(_ROWS), 16 * len(_BLOCKS)
     Np = -(-N // width) * width
     a = np.ascontiguousarray(a)
@@ -50,11 +57,12 @@ def _matmul_f32(a, b):
     out = np.empty((a.shape[0], Np), np.float32)
     # Row chunks only to give the threads enough iterations when there are few panels.
     chunks = max(1, min(a.shape[0] // R, -(-tuning().gemm_iterations // (Np // width))))
+    kc = tuning().gemm_k_block
     item = pointer(
         kgemm._gemm_panel, typed_flags(a, packed),  # out is always this call's own
-        lambda: (a, packed, out, 0, R, 0, _ROWS, _BLOCKS),
+        lambda: (a, packed, out, 0, R, 0, kc, _ROWS, _BLOCKS),
     )  # fmt: skip
-    kgemm._gemm(item, a, packed, out, chunks, _ROWS, _BLOCKS)
+    kgemm._gemm(item, a, packed, out, chunks, kc, _ROWS, _BLOCKS)
     return out if (a.shape[0], Np) == (M, N) else np.ascontiguousarray(out[:M, :N])
 
 

@@ -18,6 +18,7 @@ from fastconv._config import jit, pjit
 from fastconv._kernel_pointer import call
 from fastconv.kernels.simd import (
     tile_fma,
+    tile_load,
     tile_repeat,
     tile_store,
     transpose16,
@@ -27,28 +28,49 @@ from fastconv.kernels.simd import (
 
 
 @jit
-def _gemm_panel(a, b, out, i0, i1, j0, rows, blocks):
+def _sum_k(acc, a, b, r, j0, k0, k1, rows, blocks):
+    """The tile ``acc`` (rows r.. of a x the panel at column j0) plus the products over
+    k in [k0, k1), in order."""
+    K, N = b.shape[0], b.shape[1]
+    at_a, at_b = r * K + k0, k0 * N + j0
+    for _ in range(k0, k1):
+        acc = tile_fma(acc, a, at_a, K, 0, vload_tuple(b, at_b, 16, blocks), rows)
+        at_a += 1
+        at_b += N
+    return acc
+
+
+@jit
+def _gemm_panel(a, b, out, i0, i1, j0, kc, rows, blocks):
     """out[i0:i1, j0:j0 + 16*len(blocks)] = a[i0:i1] @ b[:, j0:j0 + 16*len(blocks)].
 
-    a (M, K), b (K, N), out (M, N): C-contiguous float32; i1 - i0 >= len(rows). The rows go
-    in tiles of ``len(rows)``; the last tile ends at i1 and overlaps the one before, which
-    recomputes the same values (the same sums, in the same order) instead of a smaller tile.
+    a (M, K), b (K, N), out (M, N): C-contiguous float32; i1 - i0 >= len(rows). The whole
+    tiles of ``len(rows)`` rows go over b's rows in blocks of ``kc``, which stay in cache for
+    every tile (their partial sums wait in ``out``: a float32 stored and loaded back is the
+    same float32, so the sums are those of one pass). The rows left over form one more tile,
+    ending at i1 and overlapping the last whole one: it recomputes those rows' sums, the same
+    values, instead of a smaller tile.
     """
     K, N = b.shape[0], b.shape[1]
     R = len(rows)
-    for i in range(i0, i1, R):
-        r = min(i, i1 - R)
-        acc = tile_repeat(vzeros(blocks), rows)
-        at_a, at_b = r * K, j0
-        for _ in range(K):
-            acc = tile_fma(acc, a, at_a, K, 0, vload_tuple(b, at_b, 16, blocks), rows)
-            at_a += 1
-            at_b += N
+    whole = i0 + (i1 - i0) // R * R
+    for k0 in range(0, max(K, 1), kc):  # K = 0 (a gradient over an empty batch): zeros
+        k1 = min(K, k0 + kc)
+        for r in range(i0, whole, R):
+            if k0 == 0:
+                acc = tile_repeat(vzeros(blocks), rows)
+            else:
+                acc = tile_load(out, r * N + j0, N, 0, 16, blocks, rows, rows)
+            acc = _sum_k(acc, a, b, r, j0, k0, k1, rows, blocks)
+            tile_store(out, r * N + j0, N, 0, 16, acc, blocks, rows)
+    if whole < i1:
+        r = i1 - R
+        acc = _sum_k(tile_repeat(vzeros(blocks), rows), a, b, r, j0, 0, K, rows, blocks)
         tile_store(out, r * N + j0, N, 0, 16, acc, blocks, rows)
 
 
 @pjit
-def _gemm(item, a, b, out, chunks, rows, blocks):
+def _gemm(item, a, b, out, chunks, kc, rows, blocks):
     """out = a @ b, ``item`` being ``_gemm_panel``: prange over (panel of 16*len(blocks)
     columns, chunk of rows). N is a multiple of the panel width and M // chunks >= len(rows).
     A thread's iterations are consecutive: it keeps its panels of b in cache across chunks."""
@@ -57,7 +79,8 @@ def _gemm(item, a, b, out, chunks, rows, blocks):
     for it in prange(N // width * chunks):
         p, c = it // chunks, it % chunks
         i0, i1 = c * M // chunks, (c + 1) * M // chunks
-        call(item, (a, b, out, np.int64(i0), np.int64(i1), np.int64(p * width), rows, blocks))
+        i0, i1, j0 = np.int64(i0), np.int64(i1), np.int64(p * width)
+        call(item, (a, b, out, i0, i1, j0, kc, rows, blocks))
 
 
 @jit
