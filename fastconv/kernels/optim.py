@@ -3,7 +3,7 @@
 Why: SGD with momentum written as NumPy operations passes over the parameter four times
 (``buf *= m``, ``buf += g``, ``tmp = -lr * buf``, ``p += tmp``), each on one core; LeNet's
 421,642 parameters took 0.54 ms a step that way, on 1 thread or 2, about 5% of the step and the
-largest part that did not scale with threads.
+largest part that did not scale with threads. In one pass: 0.33 ms on 2 threads, 0.39 on 1.
 """
 
 from numba import prange
