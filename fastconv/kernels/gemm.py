@@ -6,9 +6,10 @@ the cache and trains one LeNet step), and linear layers were the only BLAS users
 network (only grouped float32 convolutions still are). It is faster too: LeNet's fc1 forward
 and backward, 2 threads, 0.26 and 0.30 ms against OpenBLAS's 0.31 and 0.53 with its AVX-512
 kernels (the platform's BLAS variables unset; 0.40 and 0.71 with the AVX2 kernels it runs
-here); 4096-wide layers are about even. The tile is the convolution engine's: ``len(rows)`` rows of ``a`` times ``len(blocks)``
-vectors of 16 columns of ``b``, each accumulator one register; per step of the sum, one vector
-load per block and one broadcast per row feed ``len(rows) * len(blocks)`` fused multiply-adds.
+here); 4096-wide layers are about even. The tile is the convolution engine's: ``len(rows)``
+rows of ``a`` times ``len(blocks)`` vectors of 16 columns of ``b``, each accumulator one
+register; per step of the sum, one vector load per block and one broadcast per row feed
+``len(rows) * len(blocks)`` fused multiply-adds.
 
 Each output element is one sum over k in order, whichever tile computes it: the results do
 not depend on the tiling, the split into iterations or the thread count.
