@@ -385,10 +385,10 @@ def test_scheduler_errors():
         scheduler.load_state_dict({**good, "base_lrs": np.array([0.1, 0.2])})
 
 
-@pytest.mark.parametrize("case", [name for name in CASES if name.startswith("sgd")])
-def test_sgd_on_arrays_not_c_contiguous(case):
-    """SGD updates a C-contiguous parameter in one fused pass (``kernels/optim.py``) and any
-    other (a user's own Fortran-ordered array) with NumPy operations: the same steps."""
+@pytest.mark.parametrize("case", list(CASES))
+def test_update_of_arrays_not_c_contiguous(case):
+    """SGD and Adam update a C-contiguous parameter in one fused pass (``kernels/optim.py``)
+    and any other (a user's own Fortran-ordered array) with NumPy operations: the same steps."""
     cls, kwargs = CASES[case]
     init, grads = make_problem(np.float64)
     fused, _ = run_fastconv(cls, kwargs, init, grads)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv._checks import real
+from fastconv._threads import get_num_threads
+from fastconv.kernels import optim as kopt
 from fastconv.optim.optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW"]
@@ -53,14 +55,38 @@ class Adam(Optimizer):
         return options
 
     def _update(self, p, state, group):
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        beta1, beta2 = group["betas"]
-        data, grad = p.data, p.grad
+        data = p.data
         if not state:
             state["step"] = 0
             state["exp_avg"] = np.zeros_like(data)
             state["exp_avg_sq"] = np.zeros_like(data)
         state["step"] += 1
+        arrays = data, state["exp_avg"], state["exp_avg_sq"]
+        if all(a.flags.c_contiguous for a in arrays):
+            self._update_fused(data, p.grad, state, group)
+        else:
+            self._update_numpy(data, p.grad, state, group)
+
+    def _update_fused(self, data, grad, state, group):
+        """One pass of ``kernels/optim._adam`` over the parameter, the scalars in its dtype."""
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        step = state["step"]
+        decoupled = self._decoupled_weight_decay
+        s = data.dtype.type
+        kopt._adam(
+            data.reshape(-1), np.ascontiguousarray(grad).reshape(-1),
+            state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1),
+            s(1 - lr * weight_decay if decoupled else 1), s(0 if decoupled else weight_decay),
+            s(1 - beta1), 1 - beta1 >= 0.5, s(beta2), s(1 - beta2),
+            s(lr / (1 - beta1**step)), s((1 - beta2**step) ** 0.5), s(group["eps"]),
+            get_num_threads(),
+        )  # fmt: skip
+
+    def _update_numpy(self, data, grad, state, group):
+        """The same update as NumPy operations, for arrays that are not C-contiguous."""
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
         step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
         tmp, tmp2 = self._scratch(data, 2)
 
