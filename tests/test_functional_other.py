@@ -138,22 +138,24 @@ def test_activation_backward_from_output(rng, name, dtype):
         from_output(go[:1], fwd(x))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", [(9, 7, 4), (64, 300, 128)], ids=["small", "fc1_like"])
-def test_linear_backward_same_at_1_and_2_threads(rng, shape):
-    """The row chunks of every product are fixed by numba's pool size, not the thread count in
-    force, so the results are bit-identical at 1 and 2 threads."""
+def test_linear_same_at_1_and_2_threads(rng, shape, dtype):
+    """float32: each output is one sum over k in one tile, whichever thread runs it; float64
+    (BLAS): the row chunks are fixed by numba's pool size, not the thread count in force. So
+    the results are bit-identical at 1 and 2 threads."""
     n, k, m = shape
-    x = rng.standard_normal((n, k)).astype(np.float32)
-    w = rng.standard_normal((m, k)).astype(np.float32)
-    go = rng.standard_normal((n, m)).astype(np.float32)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    w = rng.standard_normal((m, k)).astype(dtype)
+    go = rng.standard_normal((n, m)).astype(dtype)
     with fastconv.threads(1):
-        one = F.linear_backward(go, x, w)
+        one = [F.linear(x, w), *F.linear_backward(go, x, w)]
     with fastconv.threads(2):
-        two = F.linear_backward(go, x, w)
+        two = [F.linear(x, w), *F.linear_backward(go, x, w)]
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert_close32(two[1], go.astype(np.float64).T @ x)
-    assert two[1].flags.c_contiguous and two[1].shape == (m, k)
+    (assert_close32 if dtype == np.float32 else assert_close64)(two[2], go.T @ x)
+    assert two[2].flags.c_contiguous and two[2].shape == (m, k)
 
 
 def test_relu_propagates_nan_like_torch():
