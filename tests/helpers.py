@@ -1,6 +1,31 @@
-"""Comparison helpers shared by the tests."""
+"""Comparison helpers shared by the tests, and the start of the programs they run in fresh
+processes."""
+
+import textwrap
 
 import numpy as np
+
+# The start of a program run in a fresh process: ``compiled`` collects the name of every kernel
+# the process compiles itself (numba fires ``numba:compile`` on a cache miss only).
+COMPILE_LISTENER = textwrap.dedent(
+    """
+    import json, sys
+    from numba.core import event
+    import numpy as np
+    import fastconv.functional as F
+
+    compiled = []
+
+    class Listen(event.Listener):
+        def on_start(self, ev):
+            compiled.append(ev.data["dispatcher"].py_func.__name__)
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", Listen())
+    """
+)
 
 
 def to_numpy(t):

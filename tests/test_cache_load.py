@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numba
+from helpers import COMPILE_LISTENER
 
 from fastconv import _cache_load
 from fastconv.kernels import conv_blocked, elementwise, matmul, pool
@@ -17,23 +18,8 @@ from fastconv.kernels import conv_blocked, elementwise, matmul, pool
 # address (linear), and views of arrays (numba's runtime counts their references). Prints the
 # kernels this process compiled, whether the compile-only registries got imported (numba's
 # cffi support is one of them) and the results.
-PROGRAM = textwrap.dedent(
+PROGRAM = COMPILE_LISTENER + textwrap.dedent(
     """
-    import json, sys
-    from numba.core import event
-    import numpy as np
-    import fastconv.functional as F
-
-    compiled = []
-
-    class Listen(event.Listener):
-        def on_start(self, ev):
-            compiled.append(ev.data["dispatcher"].py_func.__name__)
-
-        def on_end(self, ev):
-            pass
-
-    event.register("numba:compile", Listen())
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
     y, idx = F.max_pool2d(x, 2)

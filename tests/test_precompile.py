@@ -8,25 +8,12 @@ import sys
 import textwrap
 import time
 
+from helpers import COMPILE_LISTENER
+
 # A program's first convolution (a cache miss that starts the helper), then a report of which
 # fastconv kernels this process compiled itself.
-PROGRAM = textwrap.dedent(
+PROGRAM = COMPILE_LISTENER + textwrap.dedent(
     """
-    import json, sys
-    from numba.core import event
-    import numpy as np
-    import fastconv.functional as F
-
-    compiled = []
-
-    class Listen(event.Listener):
-        def on_start(self, ev):
-            compiled.append(ev.data["dispatcher"].py_func.__name__)
-
-        def on_end(self, ev):
-            pass
-
-    event.register("numba:compile", Listen())
     x = np.ones((2, 32, 14, 14), np.float32)
     w = np.ones((64, 32, 3, 3), np.float32)
     y = F.conv2d(x, w, padding=1)
