@@ -68,8 +68,8 @@ def _gemm_panel(a, b, out, i0, i1, j0, kc, rows, blocks):
             acc = _sum_k(acc, a, b, r, j0, k0, k1, rows, blocks)
             tile_store(out, r * N + j0, N, 0, 16, acc, blocks, rows)
     if whole < i1:
-        r = i1 - R
-        acc = _sum_k(tile_repeat(vzeros(blocks), rows), a, b, r, j0, 0, K, rows, blocks)
+        r, k0 = i1 - R, np.int64(0)  # k0 an int64, not the literal 0: one compiled _sum_k
+        acc = _sum_k(tile_repeat(vzeros(blocks), rows), a, b, r, j0, k0, K, rows, blocks)
         tile_store(out, r * N + j0, N, 0, 16, acc, blocks, rows)
 
 
