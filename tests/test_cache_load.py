@@ -12,7 +12,7 @@ import numba
 from helpers import COMPILE_LISTENER
 
 from fastconv import _cache_load
-from fastconv.kernels import conv_blocked, elementwise, matmul, pool
+from fastconv.kernels import conv_blocked, elementwise, gemm, matmul, optim, pool
 
 # Parallel kernels (numba's thread pool starts from the cache), kernels called through their
 # address (linear), and views of arrays (numba's runtime counts their references). Prints the
@@ -54,7 +54,7 @@ def test_a_later_process_loads_without_the_compiler_set_up(tmp_path):
 def test_every_kernel_gets_the_quick_loading_cache():
     dispatchers = [
         obj
-        for module in (conv_blocked, elementwise, matmul, pool)
+        for module in (conv_blocked, elementwise, gemm, matmul, optim, pool)
         for obj in vars(module).values()
         if isinstance(obj, numba.core.registry.CPUDispatcher)
     ]

@@ -45,7 +45,7 @@ def test_linear_float32_tiles(rng, x_shape, out_features):
     go = rng.standard_normal((*x_shape[:-1], out_features)).astype(np.float32)
     want = [R.linear(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))]
     want += R.linear_backward(go.astype(np.float64), x.astype(np.float64), w.astype(np.float64))
-    x_f = np.asfortranarray(x)  # another layout, read-only: the same results
+    x_f = np.asfortranarray(x)  # x in another layout, the weight read-only: the same results
     w_ro = w.copy()
     w_ro.flags.writeable = False
     for xs, ws in ((x, w), (x_f, w_ro)):
