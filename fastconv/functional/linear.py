@@ -33,7 +33,7 @@ def _matmul_f32(a, b):
     F-contiguous transpose) into a zero-padded buffer; a gets zero rows up to one tile."""
     M, K = a.shape
     N = b.shape[1]
-    if M == 0 or N == 0:
+    if M == 0 or N == 0 or K == 0:  # empty operands (K = 0: a gradient over an empty batch)
         return np.zeros((M, N), np.float32)
     if b.flags.f_contiguous and not b.flags.c_contiguous and M < N:
         # A weight's transpose to pack, with fewer rows in a: a @ b = (b.T @ a.T).T packs

@@ -48,7 +48,7 @@ def _sum_k(acc, a, b, r, j0, k0, k1, rows, blocks):
 def _gemm_panel(a, b, out, i0, i1, j0, kc, rows, blocks):
     """out[i0:i1, j0:j0 + 16*len(blocks)] = a[i0:i1] @ b[:, j0:j0 + 16*len(blocks)].
 
-    a (M, K), b (K, N), out (M, N): C-contiguous float32; i1 - i0 >= len(rows). The whole
+    a (M, K), b (K, N), out (M, N): C-contiguous float32, K >= 1; i1 - i0 >= len(rows). The whole
     tiles of ``len(rows)`` rows go over b's rows in blocks of ``kc``, which stay in cache for
     every tile (their partial sums wait in ``out``: a float32 stored and loaded back is the
     same float32, so the sums are those of one pass). The rows left over form one more tile,
@@ -58,7 +58,7 @@ def _gemm_panel(a, b, out, i0, i1, j0, kc, rows, blocks):
     K, N = b.shape[0], b.shape[1]
     R = len(rows)
     whole = i0 + (i1 - i0) // R * R
-    for k0 in range(0, max(K, 1), kc):  # K = 0 (a gradient over an empty batch): zeros
+    for k0 in range(0, K, kc):
         k1 = min(K, k0 + kc)
         for r in range(i0, whole, R):
             if k0 == 0:
